@@ -1,0 +1,10 @@
+//! Default topic names; every name is configurable, these are the documented defaults.
+
+/// Connectors -> pipeline, Avro `ChannelEvent`, keyed by the best customer identifier.
+pub const EVENTS_RAW: &str = "journey.events.raw";
+/// Rejected input: the raw payload with the reason in headers (see [`crate::dlq`]).
+pub const EVENTS_DLQ: &str = "journey.events.dlq";
+/// Closed sessions, Avro `Session`, keyed by canonical customer.
+pub const SESSIONS: &str = "journey.sessions";
+/// Scenario hits, Avro `ScenarioHit`, keyed by canonical customer.
+pub const SCENARIOS: &str = "journey.scenarios";
