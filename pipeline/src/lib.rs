@@ -1,0 +1,64 @@
+//! The journey pipeline's stateful processors, sinks and runtime.
+//!
+//! Data flow: `journey.events.raw` -> [`runtime::process`] (decode, validate, sessionize)
+//! -> ClickHouse (`events`, `sessions`) and `journey.sessions`; rejects -> `journey.events.dlq`.
+//! Processors are pure per-partition folds ([`operator::Operator`]); the runtime owns all I/O.
+
+pub mod config;
+pub mod migrate;
+pub mod operator;
+pub mod pii;
+pub mod runtime;
+pub mod sessionize;
+pub mod sink;
+
+pub use config::Config;
+
+/// The one error type of the pipeline crate.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Configuration is invalid; fix it, a retry cannot help.
+    #[error(transparent)]
+    Config(#[from] config::ConfigErrors),
+    /// Kafka failed; most Kafka errors are retried by librdkafka before they surface, so this
+    /// is usually permanent for the current run (restart to retry).
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// ClickHouse refused a batch for a reason a retry cannot fix (schema, SQL, permissions).
+    #[error("clickhouse insert into {table}: {source}")]
+    ClickHouse {
+        /// Table.
+        table: &'static str,
+        /// Cause.
+        source: clickhouse::error::Error,
+    },
+    /// ClickHouse query failed.
+    #[error("clickhouse: {0}")]
+    Query(#[from] clickhouse::error::Error),
+    /// A migration is invalid or was edited after it was applied; fix the files.
+    #[error("migration {name}: {reason}")]
+    Migration {
+        /// File name.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The contract (schemas, registry) failed.
+    #[error(transparent)]
+    Contract(#[from] journey_schemas::ContractError),
+    /// A required secret is missing from the environment.
+    #[error("missing environment variable {0}: {1}")]
+    MissingSecret(&'static str, &'static str),
+}
+
+impl Error {
+    /// Whether retrying later can help.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Kafka(_) => true,
+            Error::Query(e) | Error::ClickHouse { source: e, .. } => sink::clickhouse::is_transient(e),
+            Error::Contract(e) => e.is_retryable(),
+            Error::Config(_) | Error::Migration { .. } | Error::MissingSecret(..) => false,
+        }
+    }
+}

@@ -1,0 +1,305 @@
+//! `journey`: the one binary of the pipeline. Every subcommand reads one TOML config
+//! (`--config`, default `config/journey.example.toml` when present) with `JOURNEY__...`
+//! environment overrides; see `journey <command> --help`.
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use journey_connectors::generator::{output, Generator};
+use journey_connectors::publish::BulkPublisher;
+use journey_connectors::topics::create_topics;
+use journey_pipeline::config::Config;
+use journey_pipeline::pii::Pseudonymizer;
+use journey_pipeline::runtime::{self, ProcessOptions};
+use journey_pipeline::{migrate, sink};
+use journey_schemas::registry::RecordKind;
+use journey_schemas::{parse_duration, Codec, SchemaSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(name = "journey", version, about = "Customer-journey stream pipeline: Kafka in, sessions and scenarios out to ClickHouse")]
+struct Cli {
+    /// Config file (TOML). Default: config/journey.example.toml if it exists, else built-in defaults.
+    #[arg(long, global = true, env = "JOURNEY_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the whole path locally: create topics, migrate, generate events, process them, print a summary.
+    Demo(DemoArgs),
+    /// Publish synthetic customer journeys to Kafka (or to a file for `replay`).
+    Generate(GenerateArgs),
+    /// Replay recorded logs (JSON lines, or CSV with a mapping) into Kafka.
+    Replay(ReplayArgs),
+    /// Serve the HTTP ingest endpoint (POST /v1/events).
+    Ingest(IngestArgs),
+    /// Consume raw events, sessionize, write ClickHouse and output topics.
+    Process(ProcessArgs),
+    /// Apply ClickHouse migrations from sql/migrations (idempotent).
+    Migrate,
+    /// Manage the pipeline's Kafka topics.
+    Topics {
+        #[command(subcommand)]
+        action: TopicsAction,
+    },
+    /// Print the effective configuration (after environment overrides) and exit.
+    Config,
+}
+
+#[derive(Subcommand)]
+enum TopicsAction {
+    /// Create every topic the pipeline uses; existing ones are left alone.
+    Create,
+}
+
+#[derive(Args, Clone)]
+struct GenerateArgs {
+    /// Stop after this many valid events (duplicates and malformed records come on top).
+    #[arg(long)]
+    events: Option<u64>,
+    /// Seed; the same seed and settings give identical output.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Events per second (0 = as fast as possible).
+    #[arg(long)]
+    rate: Option<u64>,
+    /// Number of customers.
+    #[arg(long)]
+    customers: Option<u64>,
+    /// Days of event time.
+    #[arg(long)]
+    days: Option<u32>,
+    /// Write JSON lines to this file instead of Kafka.
+    #[arg(long)]
+    output: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Events to generate.
+    #[arg(long, default_value_t = 200_000)]
+    events: u64,
+    /// Exit after the summary instead of processing live until Ctrl-C.
+    #[arg(long)]
+    no_wait: bool,
+}
+
+#[derive(Args)]
+struct ProcessArgs {
+    /// Exit once no record arrived for this long and all sessions are flushed (e.g. 15s).
+    #[arg(long, value_parser = parse_duration)]
+    exit_when_idle: Option<Duration>,
+}
+
+#[derive(Args)]
+struct ReplayArgs {
+    /// Files to replay (.jsonl, .csv, optionally .gz).
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+}
+
+#[derive(Args)]
+struct IngestArgs {
+    /// Listen address.
+    #[arg(long)]
+    listen: Option<String>,
+}
+
+fn load_config(path: Option<PathBuf>) -> anyhow::Result<Config> {
+    let path = path.or_else(|| {
+        let p = PathBuf::from("config/journey.example.toml");
+        p.exists().then_some(p)
+    });
+    Ok(Config::load(path.as_deref(), std::env::vars())?)
+}
+
+async fn codec(cfg: &Config) -> anyhow::Result<Codec> {
+    Ok(match &cfg.kafka.schema_registry_url {
+        Some(url) => Codec::new(
+            SchemaSet::from_registry(
+                url,
+                &[
+                    (RecordKind::ChannelEvent, cfg.topics.raw.as_str()),
+                    (RecordKind::Session, cfg.topics.sessions.as_str()),
+                    (RecordKind::ScenarioHit, cfg.topics.scenarios.as_str()),
+                ],
+            )
+            .await?,
+        ),
+        None => Codec::from_manifest()?,
+    })
+}
+
+async fn ensure_topics(cfg: &Config) -> anyhow::Result<()> {
+    let created = create_topics(&cfg.kafka, cfg.topics.replication_factor, &cfg.topics.specs()).await?;
+    for t in created {
+        tracing::info!(topic = %t, "topic created");
+    }
+    Ok(())
+}
+
+async fn generate(cfg: &Config, args: GenerateArgs) -> anyhow::Result<output::Summary> {
+    let mut g = cfg.generator.clone();
+    g.events = args.events.or(g.events);
+    g.seed = args.seed.unwrap_or(g.seed);
+    g.rate = args.rate.unwrap_or(g.rate);
+    g.customers = args.customers.unwrap_or(g.customers);
+    g.days = args.days.unwrap_or(g.days);
+    let mut errors = Vec::new();
+    g.validate(&mut errors);
+    anyhow::ensure!(errors.is_empty(), "invalid generator settings: {}", errors.join("; "));
+    let rate = g.rate;
+    let started = Instant::now();
+    let summary = match args.output {
+        Some(path) => {
+            let gen = Generator::new(g, journey_connectors::now_ms());
+            tokio::task::spawn_blocking(move || -> anyhow::Result<output::Summary> {
+                let file = std::fs::File::create(&path).with_context(|| format!("create {}", path.display()))?;
+                let mut w: Box<dyn std::io::Write> = if path.extension().is_some_and(|e| e == "gz") {
+                    Box::new(flate2::write::GzEncoder::new(std::io::BufWriter::new(file), flate2::Compression::fast()))
+                } else {
+                    Box::new(std::io::BufWriter::new(file))
+                };
+                output::to_writer(gen, rate, &mut w)
+            })
+            .await??
+        }
+        None => {
+            ensure_topics(cfg).await?;
+            let publisher = BulkPublisher::new(&cfg.kafka, codec(cfg).await?, &cfg.topics.raw, &cfg.topics.dlq)?;
+            let gen = Generator::new(g, journey_connectors::now_ms());
+            tokio::task::spawn_blocking(move || {
+                output::to_kafka(gen, rate, publisher, |s| {
+                    tracing::info!(events = s.events, acked = s.kafka.delivered, "generating");
+                })
+            })
+            .await??
+        }
+    };
+    let secs = started.elapsed().as_secs_f64();
+    tracing::info!(
+        events = summary.events,
+        duplicates = summary.duplicates,
+        malformed = summary.malformed,
+        seconds = format!("{secs:.2}"),
+        rate = format!("{:.0}/s", summary.total() as f64 / secs.max(1e-9)),
+        "generation finished"
+    );
+    Ok(summary)
+}
+
+async fn print_summary(cfg: &Config) -> anyhow::Result<()> {
+    #[derive(clickhouse::Row, serde::Deserialize)]
+    struct Count {
+        n: u64,
+    }
+    #[derive(clickhouse::Row, serde::Deserialize)]
+    struct PathCount {
+        path: String,
+        n: u64,
+    }
+    let ch = sink::clickhouse::client(&cfg.clickhouse).with_validation(false);
+    let events = ch.query("SELECT count() AS n FROM events").fetch_one::<Count>().await?.n;
+    let sessions = ch.query("SELECT count() AS n FROM sessions_current").fetch_one::<Count>().await?.n;
+    let paths = ch
+        .query("SELECT path, count() AS n FROM sessions_current GROUP BY path ORDER BY n DESC, path LIMIT 8")
+        .fetch_all::<PathCount>()
+        .await?;
+    println!("\n== What landed in ClickHouse ({} / database {}) ==", cfg.clickhouse.url, cfg.clickhouse.database);
+    println!("events:            {events}");
+    println!("sessions (current): {sessions}");
+    println!("top channel paths:");
+    for p in paths {
+        println!("  {:>8}  {}", p.n, p.path);
+    }
+    println!("\nQuery it yourself, e.g.:");
+    println!(
+        "  curl -s '{}/?database={}' --data-binary 'SELECT channel, count() FROM events GROUP BY channel ORDER BY 2 DESC'",
+        cfg.clickhouse.url, cfg.clickhouse.database
+    );
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return ctrl_c.await.unwrap_or(()),
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c.await.unwrap_or(());
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let cfg = load_config(cli.config)?;
+    match cli.command {
+        Command::Config => {
+            println!("{}", toml::to_string_pretty(&cfg)?);
+        }
+        Command::Topics { action: TopicsAction::Create } => {
+            ensure_topics(&cfg).await?;
+            for s in cfg.topics.specs() {
+                println!("{} ({} partitions)", s.name, s.partitions);
+            }
+        }
+        Command::Migrate => {
+            let report = migrate::migrate(&cfg.clickhouse).await?;
+            println!("applied: {:?}; already applied: {:?}", report.applied, report.skipped);
+        }
+        Command::Generate(args) => {
+            let s = generate(&cfg, args).await?;
+            println!("generated {} events ({} duplicates, {} malformed)", s.events, s.duplicates, s.malformed);
+        }
+        Command::Process(args) => {
+            runtime::http::spawn_metrics_server(&cfg.process.metrics_addr).await?;
+            ensure_topics(&cfg).await?;
+            let codec = codec(&cfg).await?;
+            let summary = runtime::process(cfg, codec, Pseudonymizer::from_env()?, ProcessOptions { exit_when_idle: args.exit_when_idle }, shutdown_signal()).await?;
+            println!("{summary:?}");
+        }
+        Command::Demo(args) => {
+            ensure_topics(&cfg).await?;
+            migrate::migrate(&cfg.clickhouse).await?;
+            let pseudo = Pseudonymizer::from_env()?;
+            let gen = generate(&cfg, GenerateArgs { events: Some(args.events), seed: None, rate: None, customers: None, days: None, output: None }).await?;
+            println!("published {} events to {}", gen.events, cfg.topics.raw);
+            let codec = codec(&cfg).await?;
+            let idle = cfg.process.idle_timeout + Duration::from_secs(3);
+            let summary = runtime::process(cfg.clone(), codec.clone(), pseudo.clone(), ProcessOptions { exit_when_idle: Some(idle) }, shutdown_signal()).await?;
+            println!(
+                "processed {} records: {} events, {} duplicates, {} dead-lettered, {} session records",
+                summary.consumed, summary.accepted, summary.duplicates, summary.dead_lettered, summary.sessions
+            );
+            print_summary(&cfg).await?;
+            if !args.no_wait {
+                println!("\nProcessing live until Ctrl-C (publish more with `journey generate` or `journey ingest`)...");
+                runtime::http::spawn_metrics_server(&cfg.process.metrics_addr).await?;
+                runtime::process(cfg, codec, pseudo, ProcessOptions::default(), shutdown_signal()).await?;
+            }
+        }
+        Command::Replay(_) | Command::Ingest(_) => anyhow::bail!("not available in this build yet"),
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,rdkafka=warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(Cli::parse()).await {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

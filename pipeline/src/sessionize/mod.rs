@@ -1,0 +1,450 @@
+//! Event-time cross-channel sessions with corrections.
+//!
+//! A session is a maximal run of one customer's events, ordered by (`event_time`, `event_id`),
+//! in which consecutive events are less than `gap` apart; a run longer than `max_duration`
+//! (measured from its first event) is split before the first event beyond it.
+//!
+//! State, per customer: the distinct events of the last `correction_horizon` (plus one gap) of
+//! event time, and the sessions already emitted. That is what bounds it: whole sessions whose
+//! end is older than `watermark - horizon - gap` are pruned, and events older than
+//! `watermark - horizon` are refused as late. Sessions are derived from the retained events
+//! by the same function a batch computation uses ([`cut_sessions`]), and emitted once closed
+//! (`end + gap < watermark`, or `start + max_duration < watermark`). A late event that changes
+//! an emitted session re-emits it with a higher version; a session that a merge absorbed is
+//! emitted again with `retracted = true`. So, whatever the arrival order within the horizon,
+//! the latest non-retracted versions equal the batch result.
+
+use crate::operator::Operator;
+use journey_schemas::{Channel, ChannelEvent, Session};
+use std::collections::{BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+/// Session parameters, in milliseconds of event time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionParams {
+    /// Largest gap inside a session (exclusive).
+    pub gap_ms: i64,
+    /// Longest session, from its first event.
+    pub max_duration_ms: i64,
+    /// How far behind the watermark an event may be and still correct results.
+    pub horizon_ms: i64,
+}
+
+/// The part of an event a session needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionEvent {
+    /// Event time.
+    pub time: i64,
+    /// Event id (ties in time are ordered by id bytes).
+    pub id: Box<str>,
+    /// Channel.
+    pub channel: Channel,
+    /// Topic, interned.
+    pub topic: Option<Arc<str>>,
+    /// `event_type == "contact.start"`.
+    pub assisted: bool,
+    /// Input offset it came from (the runtime commits no further than the oldest unfinished one).
+    pub offset: i64,
+}
+
+impl SessionEvent {
+    /// Extracts what a session needs from an event.
+    pub fn from_event(e: &ChannelEvent) -> SessionEvent {
+        SessionEvent {
+            time: e.event_time,
+            id: e.event_id.as_str().into(),
+            channel: e.channel,
+            topic: e.topic.as_deref().map(Arc::from),
+            assisted: e.event_type == "contact.start",
+            offset: 0,
+        }
+    }
+
+    fn key(&self) -> (i64, &[u8]) {
+        (self.time, self.id.as_bytes())
+    }
+}
+
+/// Splits sorted events into sessions: index ranges into `events`.
+pub fn cut_sessions(events: &[SessionEvent], p: &SessionParams) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for i in 1..events.len() {
+        let gap = events[i].time - events[i - 1].time;
+        let too_long = events[i].time - events[start].time > p.max_duration_ms;
+        if gap >= p.gap_ms || too_long {
+            out.push(start..i);
+            start = i;
+        }
+    }
+    if !events.is_empty() {
+        out.push(start..events.len());
+    }
+    out
+}
+
+/// Deterministic session id: a hash of the customer and the first event id.
+pub fn session_id(customer: &str, first_event_id: &str) -> String {
+    format!("{:016x}{:016x}", fnv1a(customer.as_bytes(), first_event_id.as_bytes(), 0), fnv1a(customer.as_bytes(), first_event_id.as_bytes(), 1))
+}
+
+/// FNV-1a over two byte strings with a separator and a salt; stable across builds and platforms.
+pub fn fnv1a(a: &[u8], b: &[u8], salt: u8) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ u64::from(salt).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    for &byte in a.iter().chain(&[0xff]).chain(b) {
+        h ^= u64::from(byte);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// Builds the session record for one run of sorted events (version and retraction left at 0/false).
+pub fn build_session(customer: &str, events: &[SessionEvent]) -> Session {
+    let first = &events[0];
+    let last = &events[events.len() - 1];
+    let mut channels: Vec<String> = Vec::new();
+    let mut path = String::new();
+    let mut prev: Option<Channel> = None;
+    let mut topics: Vec<String> = Vec::new();
+    for e in events {
+        if prev != Some(e.channel) {
+            if prev.is_some() {
+                path.push('>');
+            }
+            path.push_str(e.channel.as_str());
+            prev = Some(e.channel);
+        }
+        if !channels.iter().any(|c| c == e.channel.as_str()) {
+            channels.push(e.channel.as_str().to_string());
+        }
+        if let Some(t) = &e.topic {
+            if !topics.iter().any(|x| **x == **t) {
+                topics.push(t.to_string());
+            }
+        }
+    }
+    Session {
+        session_id: session_id(customer, &first.id),
+        customer_id: customer.to_string(),
+        start_time: first.time,
+        end_time: last.time,
+        duration_ms: last.time - first.time,
+        event_count: events.len() as i64,
+        channels,
+        path,
+        topics,
+        assisted: events.iter().any(|e| e.assisted),
+        first_event_id: first.id.to_string(),
+        last_event_id: last.id.to_string(),
+        version: 0,
+        retracted: false,
+    }
+}
+
+/// Batch computation: the sessions of one customer's complete event set (any order, duplicates
+/// by event id counted once). The streaming operator must end up equal to this.
+pub fn batch_sessions(customer: &str, events: &[SessionEvent], p: &SessionParams) -> Vec<Session> {
+    let mut sorted = events.to_vec();
+    sorted.sort_by(|a, b| a.key().cmp(&b.key()));
+    let mut seen = std::collections::HashSet::new();
+    sorted.retain(|e| seen.insert(e.id.clone()));
+    cut_sessions(&sorted, p).into_iter().map(|r| build_session(customer, &sorted[r])).collect()
+}
+
+/// What happened to one input event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// New event, folded into the state.
+    Accepted,
+    /// Same event id seen before for this customer: dropped (and counted by the caller).
+    Duplicate,
+    /// Older than `watermark - correction_horizon`: not folded; the caller routes it to the late topic.
+    TooLate,
+}
+
+#[derive(Debug, Default)]
+struct CustomerState {
+    key: String,
+    /// Distinct events sorted by (time, id).
+    events: Vec<SessionEvent>,
+    /// Emitted sessions by id: the last emitted record.
+    emitted: HashMap<String, Session>,
+    /// Deadline in the timer set, if any.
+    timer: Option<i64>,
+    /// Smallest input offset among events of sessions not yet emitted as closed.
+    pending_offset: Option<i64>,
+}
+
+/// Output of the sessionizer.
+pub type SessionOut = Session;
+
+/// The per-partition sessionizer (see the module docs for its semantics and bounds).
+#[derive(Debug)]
+pub struct Sessionizer {
+    params: SessionParams,
+    index: HashMap<String, usize>,
+    customers: Vec<CustomerState>,
+    free: Vec<usize>,
+    timers: BTreeSet<(i64, usize)>,
+    watermark: i64,
+    /// Lowest version a new emission may carry (the runtime sets it from the wall clock, so
+    /// versions also grow across restarts).
+    version_floor: i64,
+}
+
+impl Sessionizer {
+    /// An empty sessionizer.
+    pub fn new(params: SessionParams) -> Sessionizer {
+        Sessionizer {
+            params,
+            index: HashMap::new(),
+            customers: Vec::new(),
+            free: Vec::new(),
+            timers: BTreeSet::new(),
+            watermark: i64::MIN,
+            version_floor: 1,
+        }
+    }
+
+    /// Current watermark.
+    pub fn watermark(&self) -> i64 {
+        self.watermark
+    }
+
+    /// Sets the lowest version of future emissions.
+    pub fn set_version_floor(&mut self, v: i64) {
+        self.version_floor = self.version_floor.max(v);
+    }
+
+    /// Customers with state.
+    pub fn customers(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Retained events in all.
+    pub fn retained_events(&self) -> usize {
+        self.customers.iter().map(|c| c.events.len()).sum()
+    }
+
+    /// Whether any session is still open (not yet emitted as closed).
+    pub fn has_open_sessions(&self) -> bool {
+        self.customers.iter().any(|c| c.pending_offset.is_some())
+    }
+
+    /// Smallest input offset of an event whose session is not yet emitted: the runtime must
+    /// not commit input offsets past it, or a crash would lose that session.
+    pub fn min_pending_offset(&self) -> Option<i64> {
+        self.customers.iter().filter_map(|c| c.pending_offset).min()
+    }
+
+    /// Folds one event of `customer` (its canonical key); outputs go to `out`.
+    pub fn admit(&mut self, customer: &str, ev: SessionEvent, out: &mut Vec<Session>) -> Admission {
+        if self.watermark != i64::MIN && ev.time < self.watermark.saturating_sub(self.params.horizon_ms) {
+            return Admission::TooLate;
+        }
+        let idx = match self.index.get(customer) {
+            Some(&i) => i,
+            None => {
+                let state = CustomerState { key: customer.to_string(), ..Default::default() };
+                let i = match self.free.pop() {
+                    Some(i) => {
+                        self.customers[i] = state;
+                        i
+                    }
+                    None => {
+                        self.customers.push(state);
+                        self.customers.len() - 1
+                    }
+                };
+                self.index.insert(customer.to_string(), i);
+                i
+            }
+        };
+        let c = &mut self.customers[idx];
+        if c.events.iter().any(|e| e.id == ev.id) {
+            return Admission::Duplicate;
+        }
+        let late = ev.time < self.watermark;
+        c.pending_offset = Some(c.pending_offset.map_or(ev.offset, |o| o.min(ev.offset)));
+        // In-order events append; out-of-order ones are inserted in place.
+        let pos = match c.events.last() {
+            Some(last) if last.key() <= ev.key() => c.events.len(),
+            _ => c.events.partition_point(|e| e.key() < ev.key()),
+        };
+        c.events.insert(pos, ev);
+        if late {
+            self.reconcile(idx, out);
+        } else {
+            self.schedule(idx);
+        }
+        Admission::Accepted
+    }
+
+    /// Advances the watermark and emits every session that closed.
+    pub fn advance(&mut self, watermark: i64, out: &mut Vec<Session>) {
+        if watermark <= self.watermark {
+            return;
+        }
+        self.watermark = watermark;
+        while let Some(&(deadline, idx)) = self.timers.first() {
+            if deadline >= watermark {
+                break;
+            }
+            self.timers.pop_first();
+            if self.customers[idx].timer == Some(deadline) {
+                self.customers[idx].timer = None;
+                self.reconcile(idx, out);
+            }
+        }
+    }
+
+    /// Recomputes one customer's sessions, emits what closed or changed, retracts what vanished,
+    /// prunes what is past the horizon, and re-arms its timer.
+    fn reconcile(&mut self, idx: usize, out: &mut Vec<Session>) {
+        let p = self.params;
+        let wm = self.watermark;
+        let floor = self.version_floor;
+        let c = &mut self.customers[idx];
+        let ranges = cut_sessions(&c.events, &p);
+        let mut live_ids = Vec::with_capacity(ranges.len());
+        let mut next_deadline: Option<i64> = None;
+        let mut prune_before = 0usize;
+        let mut pending: Option<i64> = None;
+        for r in &ranges {
+            let mut s = build_session(&c.key, &c.events[r.clone()]);
+            let closed = s.end_time.saturating_add(p.gap_ms) < wm || s.start_time.saturating_add(p.max_duration_ms) < wm;
+            live_ids.push(s.session_id.clone());
+            if closed {
+                let changed = match c.emitted.get(&s.session_id) {
+                    Some(prev) => !same_content(prev, &s),
+                    None => true,
+                };
+                if changed {
+                    s.version = c.emitted.get(&s.session_id).map_or(floor, |prev| (prev.version + 1).max(floor));
+                    out.push(s.clone());
+                    c.emitted.insert(s.session_id.clone(), s.clone());
+                }
+                // Whole sessions beyond the horizon can no longer change: prune them.
+                if s.end_time.saturating_add(p.gap_ms) < wm.saturating_sub(p.horizon_ms) && prune_before == r.start {
+                    prune_before = r.end;
+                }
+                let prune_at = s.end_time.saturating_add(p.gap_ms).saturating_add(p.horizon_ms);
+                next_deadline = Some(next_deadline.map_or(prune_at, |d| d.min(prune_at)));
+            } else {
+                let min_off = c.events[r.clone()].iter().map(|e| e.offset).min();
+                pending = match (pending, min_off) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                let close_at = s.end_time.saturating_add(p.gap_ms).min(s.start_time.saturating_add(p.max_duration_ms));
+                next_deadline = Some(next_deadline.map_or(close_at, |d| d.min(close_at)));
+            }
+        }
+        c.pending_offset = pending;
+        // Emitted sessions that no longer exist were absorbed or re-cut: retract them. The
+        // retraction stays as a tombstone so that, should a later re-cut bring the same id back,
+        // its new version is still higher than the retraction's.
+        for (id, prev) in c.emitted.iter_mut() {
+            if !prev.retracted && !live_ids.contains(id) {
+                prev.version = (prev.version + 1).max(floor);
+                prev.retracted = true;
+                out.push(prev.clone());
+            }
+        }
+        if prune_before > 0 {
+            c.events.drain(..prune_before);
+        }
+        // Keep the emitted records of sessions still derived from retained events, and
+        // tombstones until they are past the horizon too.
+        let horizon_start = wm.saturating_sub(p.horizon_ms);
+        let retained: Vec<String> =
+            cut_sessions(&c.events, &p).into_iter().map(|r| session_id(&c.key, &c.events[r.start].id)).collect();
+        c.emitted.retain(|id, s| retained.contains(id) || s.end_time.saturating_add(p.gap_ms) >= horizon_start);
+        for s in c.emitted.values().filter(|s| s.retracted) {
+            let prune_at = s.end_time.saturating_add(p.gap_ms).saturating_add(p.horizon_ms);
+            next_deadline = Some(next_deadline.map_or(prune_at, |d| d.min(prune_at)));
+        }
+        if let Some(old) = c.timer.take() {
+            self.timers.remove(&(old, idx));
+        }
+        if self.customers[idx].events.is_empty() && self.customers[idx].emitted.is_empty() {
+            let key = std::mem::take(&mut self.customers[idx].key);
+            self.index.remove(&key);
+            self.customers[idx] = CustomerState::default();
+            self.free.push(idx);
+            return;
+        }
+        if let Some(d) = next_deadline {
+            self.customers[idx].timer = Some(d);
+            self.timers.insert((d, idx));
+        }
+    }
+
+    fn schedule(&mut self, idx: usize) {
+        let p = self.params;
+        let c = &mut self.customers[idx];
+        // The last session closes last; earlier ones may already be closed but were emitted
+        // when their own deadline passed (or are re-emitted by reconcile when touched late).
+        let ranges = cut_sessions(&c.events, &p);
+        let deadline = ranges
+            .iter()
+            .map(|r| {
+                let s = &c.events[r.start];
+                let e = &c.events[r.end - 1];
+                e.time.saturating_add(p.gap_ms).min(s.time.saturating_add(p.max_duration_ms))
+            })
+            .min()
+            .unwrap_or(i64::MAX);
+        let deadline = match c.timer {
+            Some(t) => t.min(deadline),
+            None => deadline,
+        };
+        if let Some(old) = c.timer.replace(deadline) {
+            self.timers.remove(&(old, idx));
+        }
+        self.timers.insert((deadline, idx));
+    }
+
+    /// Emits every session as if event time had ended (used when a replay is complete and
+    /// for tests); pruning then empties the state.
+    pub fn flush_all(&mut self, out: &mut Vec<Session>) {
+        self.advance(i64::MAX / 4, out);
+    }
+}
+
+fn same_content(a: &Session, b: &Session) -> bool {
+    a.session_id == b.session_id
+        && a.start_time == b.start_time
+        && a.end_time == b.end_time
+        && a.event_count == b.event_count
+        && a.last_event_id == b.last_event_id
+        && a.path == b.path
+        && a.topics == b.topics
+        && a.channels == b.channels
+        && a.assisted == b.assisted
+        && !a.retracted
+}
+
+/// Hash of a session's content (for tests comparing results regardless of version).
+pub fn content_hash(s: &Session) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (&s.session_id, s.start_time, s.end_time, s.event_count, &s.path, &s.topics).hash(&mut h);
+    h.finish()
+}
+
+impl Operator for Sessionizer {
+    type In = (String, SessionEvent);
+    type Out = Session;
+
+    fn on_event(&mut self, (customer, ev): Self::In, out: &mut Vec<Session>) {
+        self.admit(&customer, ev, out);
+    }
+
+    fn on_watermark(&mut self, watermark: i64, out: &mut Vec<Session>) {
+        self.advance(watermark, out);
+    }
+}
+
+#[cfg(test)]
+mod tests;

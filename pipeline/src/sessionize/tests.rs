@@ -1,0 +1,159 @@
+use super::*;
+use proptest::prelude::*;
+use std::collections::BTreeMap;
+
+const P: SessionParams = SessionParams { gap_ms: 30 * 60_000, max_duration_ms: 4 * 3_600_000, horizon_ms: 24 * 3_600_000 };
+
+fn ev(time: i64, id: &str, channel: Channel) -> SessionEvent {
+    SessionEvent { time, id: id.into(), channel, topic: None, assisted: false, offset: 0 }
+}
+
+/// Latest version of every session id, non-retracted, version cleared: the "final state".
+fn final_state(out: &[Session]) -> BTreeMap<String, Session> {
+    let mut latest: BTreeMap<String, Session> = BTreeMap::new();
+    for s in out {
+        match latest.get(&s.session_id) {
+            Some(prev) if prev.version > s.version => {}
+            _ => {
+                latest.insert(s.session_id.clone(), s.clone());
+            }
+        }
+    }
+    latest
+        .into_iter()
+        .filter(|(_, s)| !s.retracted)
+        .map(|(k, mut s)| {
+            s.version = 0;
+            (k, s)
+        })
+        .collect()
+}
+
+#[test]
+fn gap_boundary_is_exclusive() {
+    let evs = vec![ev(0, "a", Channel::App), ev(P.gap_ms - 1, "b", Channel::Ivr), ev(2 * P.gap_ms - 1, "c", Channel::Chat)];
+    let s = batch_sessions("c:1", &evs, &P);
+    assert_eq!(s.len(), 2, "exactly gap apart starts a new session");
+    assert_eq!(s[0].event_count, 2);
+    assert_eq!(s[0].path, "APP>IVR");
+    assert_eq!(s[1].path, "CHAT");
+}
+
+#[test]
+fn long_sessions_split_at_max_duration() {
+    // An event every 20 minutes for 10 hours: one run, split every 4 hours of duration.
+    let evs: Vec<_> = (0..31).map(|i| ev(i * 20 * 60_000, &format!("e{i:02}"), Channel::App)).collect();
+    let s = batch_sessions("c:1", &evs, &P);
+    assert_eq!(s.len(), 3);
+    assert!(s.iter().all(|x| x.duration_ms <= P.max_duration_ms));
+    assert_eq!(s.iter().map(|x| x.event_count).sum::<i64>(), 31);
+}
+
+#[test]
+fn ties_in_time_order_by_event_id() {
+    let evs = vec![ev(5, "b", Channel::Ivr), ev(5, "a", Channel::App)];
+    let s = batch_sessions("c:1", &evs, &P);
+    assert_eq!(s[0].first_event_id, "a");
+    assert_eq!(s[0].path, "APP>IVR");
+}
+
+#[test]
+fn duplicates_and_too_late_events_are_reported() {
+    let mut z = Sessionizer::new(P);
+    let mut out = Vec::new();
+    assert_eq!(z.admit("c:1", ev(1_000_000_000, "a", Channel::App), &mut out), Admission::Accepted);
+    assert_eq!(z.admit("c:1", ev(1_000_000_000, "a", Channel::App), &mut out), Admission::Duplicate);
+    z.advance(1_000_000_000 + P.horizon_ms + 10, &mut out);
+    assert_eq!(z.admit("c:2", ev(1_000_000_000 - 1, "old", Channel::App), &mut out), Admission::TooLate);
+}
+
+#[test]
+fn a_session_closes_only_when_the_watermark_passes_end_plus_gap() {
+    let mut z = Sessionizer::new(P);
+    let mut out = Vec::new();
+    z.admit("c:1", ev(0, "a", Channel::App), &mut out);
+    z.advance(P.gap_ms, &mut out);
+    assert!(out.is_empty(), "end + gap == watermark is still open");
+    z.advance(P.gap_ms + 1, &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].event_count, 1);
+}
+
+#[test]
+fn a_late_event_merging_two_sessions_retracts_the_absorbed_one() {
+    let mut z = Sessionizer::new(P);
+    let mut out = Vec::new();
+    z.admit("c:1", ev(0, "a", Channel::App), &mut out);
+    z.admit("c:1", ev(50 * 60_000, "c", Channel::ContactCentre), &mut out);
+    z.advance(3 * 3_600_000, &mut out);
+    assert_eq!(out.len(), 2);
+    // "b" at 25 min bridges both (25 < 30 and 25 < 30).
+    z.admit("c:1", ev(25 * 60_000, "b", Channel::Ivr), &mut out);
+    let fin = final_state(&out);
+    assert_eq!(fin.len(), 1);
+    let s = fin.values().next().unwrap();
+    assert_eq!(s.path, "APP>IVR>CONTACT_CENTRE");
+    assert_eq!(s.event_count, 3);
+    assert!(out.iter().any(|s| s.retracted && s.first_event_id == "c"));
+}
+
+#[test]
+fn state_is_pruned_past_the_horizon() {
+    let mut z = Sessionizer::new(P);
+    let mut out = Vec::new();
+    for i in 0..100 {
+        z.admit(&format!("c:{i}"), ev(i, &format!("e{i}"), Channel::App), &mut out);
+    }
+    z.advance(P.horizon_ms + P.gap_ms + 1000, &mut out);
+    assert_eq!(out.len(), 100);
+    assert_eq!(z.customers(), 0);
+    assert_eq!(z.retained_events(), 0);
+}
+
+fn arb_events() -> impl Strategy<Value = Vec<(u8, i64, u16, u8)>> {
+    // (customer, minute offset, id, channel)
+    proptest::collection::vec((0u8..4, 0i64..(12 * 60), any::<u16>(), 0u8..12), 1..120)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    #[test]
+    fn any_arrival_order_within_the_horizon_gives_the_batch_result(
+        raw in arb_events(), delays in proptest::collection::vec(0i64..(20 * 60), 120), lateness_min in 0i64..60
+    ) {
+        let params = SessionParams { gap_ms: 30 * 60_000, max_duration_ms: 3 * 3_600_000, horizon_ms: 24 * 3_600_000 };
+        let base = 1_700_000_000_000i64;
+        // Event ids are unique (a random prefix shuffles the order of ties in time).
+        let events: Vec<(String, SessionEvent)> = raw.iter().enumerate().map(|(i, &(c, m, id, ch))| {
+            (format!("c:{c}"), SessionEvent { time: base + m * 60_000, id: format!("{id:05}-{i:03}").into(), channel: Channel::ALL[ch as usize], topic: None, assisted: ch == 5, offset: 0 })
+        }).collect();
+        // Arrival order: event time plus a random delay of up to 20 hours (within the 24 h horizon).
+        let mut arrival: Vec<usize> = (0..events.len()).collect();
+        arrival.sort_by_key(|&i| (events[i].1.time + delays[i % delays.len()] * 60_000, i));
+        let mut z = Sessionizer::new(params);
+        let mut out = Vec::new();
+        let mut max_seen = i64::MIN;
+        for i in arrival {
+            let (c, e) = events[i].clone();
+            max_seen = max_seen.max(e.time);
+            let adm = z.admit(&c, e, &mut out);
+            prop_assert_ne!(adm, Admission::TooLate);
+            z.advance(max_seen - lateness_min * 60_000, &mut out);
+        }
+        z.flush_all(&mut out);
+        prop_assert_eq!(z.customers(), 0, "all state is pruned once event time has passed the horizon");
+        let mut expected = BTreeMap::new();
+        for c in 0u8..4 {
+            let key = format!("c:{c}");
+            let mine: Vec<SessionEvent> = events.iter().filter(|(k, _)| *k == key).map(|(_, e)| e.clone()).collect();
+            for s in batch_sessions(&key, &mine, &params) {
+                expected.insert(s.session_id.clone(), s);
+            }
+        }
+        let got = final_state(&out);
+        let missing: Vec<_> = expected.iter().filter(|(k, v)| got.get(*k) != Some(v)).map(|(_, v)| v).collect();
+        let extra: Vec<_> = got.iter().filter(|(k, v)| expected.get(*k) != Some(v)).map(|(_, v)| v).collect();
+        prop_assert!(missing.is_empty() && extra.is_empty(), "missing or different: {:#?}\nunexpected: {:#?}", missing, extra);
+    }
+}

@@ -1,0 +1,246 @@
+//! ClickHouse sink. Guarantee: a batch counts as written only when ClickHouse acknowledged the
+//! INSERT; transient failures are retried with capped exponential backoff for as long as it
+//! takes (the caller stops consuming meanwhile, which is the back-pressure), and every retry
+//! of a batch carries the same `insert_deduplication_token`, so a retry after a lost
+//! acknowledgement does not duplicate rows. Rows re-inserted after a crash carry the same
+//! sorting key and collapse in the ReplacingMergeTree tables.
+
+use crate::config::ClickHouseConfig;
+use clickhouse::{Client, Compression, Row, RowOwned, RowWrite};
+use journey_connectors::metrics;
+use journey_schemas::{ChannelEvent, Session};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// A row of `events` (field order and types match `sql/migrations`; checked by a test).
+#[derive(Debug, Clone, PartialEq, Eq, Row, Serialize, Deserialize)]
+pub struct EventRow {
+    /// Event id.
+    pub event_id: String,
+    /// Event time, epoch ms (DateTime64(3)).
+    pub event_time: i64,
+    /// Ingest time, epoch ms.
+    pub ingest_time: i64,
+    /// Channel symbol.
+    pub channel: String,
+    /// Event type.
+    pub event_type: String,
+    /// Canonical customer key.
+    pub customer_id: String,
+    /// CRM id as sent, or empty.
+    pub crm_id: String,
+    /// Keyed hash of the phone number, or empty.
+    pub msisdn_hash: String,
+    /// App install id, or empty.
+    pub app_instance_id: String,
+    /// Topic, or empty.
+    pub topic: String,
+    /// Outcome, or empty.
+    pub outcome: String,
+    /// Line, or empty.
+    pub line: String,
+    /// Agent, or empty.
+    pub agent_id: String,
+    /// Region, or empty.
+    pub region: String,
+    /// Attributes.
+    pub attrs: Vec<(String, String)>,
+}
+
+impl EventRow {
+    /// The row for an accepted event of canonical customer `customer`.
+    pub fn new(e: &ChannelEvent, customer: &str, msisdn_hash: String) -> EventRow {
+        let s = |o: &Option<String>| o.clone().unwrap_or_default();
+        EventRow {
+            event_id: e.event_id.clone(),
+            event_time: e.event_time,
+            ingest_time: e.ingest_time,
+            channel: e.channel.as_str().to_string(),
+            event_type: e.event_type.clone(),
+            customer_id: customer.to_string(),
+            crm_id: s(&e.customer_id),
+            msisdn_hash,
+            app_instance_id: s(&e.app_instance_id),
+            topic: s(&e.topic),
+            outcome: s(&e.outcome),
+            line: s(&e.line),
+            agent_id: s(&e.agent_id),
+            region: s(&e.region),
+            attrs: e.attrs.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        }
+    }
+}
+
+/// A row of `sessions`.
+#[derive(Debug, Clone, PartialEq, Eq, Row, Serialize, Deserialize)]
+pub struct SessionRow {
+    /// Session id.
+    pub session_id: String,
+    /// Canonical customer key.
+    pub customer_id: String,
+    /// Start, epoch ms.
+    pub start_time: i64,
+    /// End, epoch ms.
+    pub end_time: i64,
+    /// Duration, ms.
+    pub duration_ms: i64,
+    /// Distinct events.
+    pub event_count: u32,
+    /// Distinct channels in order.
+    pub channels: Vec<String>,
+    /// Channel path.
+    pub path: String,
+    /// Topics.
+    pub topics: Vec<String>,
+    /// Contains an assisted contact.
+    pub assisted: bool,
+    /// First event id.
+    pub first_event_id: String,
+    /// Last event id.
+    pub last_event_id: String,
+    /// Version.
+    pub version: u64,
+    /// Retracted.
+    pub retracted: bool,
+}
+
+impl From<&Session> for SessionRow {
+    fn from(s: &Session) -> SessionRow {
+        SessionRow {
+            session_id: s.session_id.clone(),
+            customer_id: s.customer_id.clone(),
+            start_time: s.start_time,
+            end_time: s.end_time,
+            duration_ms: s.duration_ms,
+            event_count: u32::try_from(s.event_count).unwrap_or(u32::MAX),
+            channels: s.channels.clone(),
+            path: s.path.clone(),
+            topics: s.topics.clone(),
+            assisted: s.assisted,
+            first_event_id: s.first_event_id.clone(),
+            last_event_id: s.last_event_id.clone(),
+            version: u64::try_from(s.version).unwrap_or(0),
+            retracted: s.retracted,
+        }
+    }
+}
+
+/// ClickHouse errors that a retry can fix: network trouble, timeouts, overload, and a server
+/// that is starting or shutting down. Anything else (bad SQL, schema mismatch) is permanent.
+pub fn is_transient(e: &clickhouse::error::Error) -> bool {
+    use clickhouse::error::Error as E;
+    match e {
+        E::Network(_) | E::TimedOut => true,
+        E::BadResponse(msg) => {
+            const TRANSIENT_CODES: [&str; 10] = [
+                "Code: 159.", // TIMEOUT_EXCEEDED
+                "Code: 202.", // TOO_MANY_SIMULTANEOUS_QUERIES
+                "Code: 203.", // NO_FREE_CONNECTION
+                "Code: 209.", // SOCKET_TIMEOUT
+                "Code: 210.", // NETWORK_ERROR
+                "Code: 241.", // MEMORY_LIMIT_EXCEEDED
+                "Code: 242.", // TABLE_IS_READ_ONLY
+                "Code: 252.", // TOO_MANY_PARTS
+                "Code: 394.", // QUERY_WAS_CANCELLED (shutdown)
+                "Code: 999.", // KEEPER_EXCEPTION
+            ];
+            TRANSIENT_CODES.iter().any(|c| msg.contains(c)) || msg.contains("503") || msg.contains("502")
+        }
+        _ => false,
+    }
+}
+
+/// Retry policy of the sink.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    /// First delay.
+    pub initial: Duration,
+    /// Largest delay.
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(5) }
+    }
+}
+
+/// Inserts batches into the pipeline's tables.
+#[derive(Clone)]
+pub struct ClickHouseSink {
+    client: Client,
+    backoff: Backoff,
+    dedup_tokens: bool,
+}
+
+/// Builds a client from config.
+pub fn client(cfg: &ClickHouseConfig) -> Client {
+    Client::default()
+        .with_url(&cfg.url)
+        .with_database(&cfg.database)
+        .with_user(&cfg.user)
+        .with_password(&cfg.password)
+        .with_compression(if cfg.compression { Compression::Lz4 } else { Compression::None })
+        .with_validation(cfg.validation)
+}
+
+/// A stable token naming a batch: same rows, same token.
+pub fn batch_token(table: &str, ids: impl Iterator<Item = impl AsRef<[u8]>>) -> String {
+    let (mut a, mut b, mut n) = (0xcbf2_9ce4_8422_2325u64, 0x8422_2325_cbf2_9ce4u64, 0u64);
+    for id in ids {
+        for &byte in id.as_ref().iter().chain(&[0xffu8]) {
+            a = (a ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
+            b = (b ^ u64::from(byte)).wrapping_mul(0x0000_0001_0000_01b3).rotate_left(5);
+        }
+        n += 1;
+    }
+    format!("{table}-{n}-{a:016x}{b:016x}")
+}
+
+impl ClickHouseSink {
+    /// A sink over a client. `dedup_tokens` needs ClickHouse 22.2+ (off for older servers).
+    pub fn new(client: Client, backoff: Backoff, dedup_tokens: bool) -> ClickHouseSink {
+        ClickHouseSink { client, backoff, dedup_tokens }
+    }
+
+    /// The client (queries, health).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    async fn insert_once<T: RowOwned + RowWrite>(&self, table: &str, rows: &[T], token: &str) -> clickhouse::error::Result<()> {
+        let mut insert = self.client.insert::<T>(table).await?;
+        if self.dedup_tokens {
+            insert = insert.with_setting("insert_deduplication_token", token);
+        }
+        for r in rows {
+            insert.write(r).await?;
+        }
+        insert.end().await
+    }
+
+    /// Inserts `rows` into `table`, retrying transient errors until acknowledged. Returns a
+    /// permanent error at once. `token` names the batch for deduplication of retries.
+    pub async fn insert<T: RowOwned + RowWrite>(&self, table: &'static str, rows: &[T], token: &str) -> Result<(), crate::Error> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut delay = self.backoff.initial;
+        loop {
+            match self.insert_once(table, rows, token).await {
+                Ok(()) => {
+                    metrics::rows_written(table, rows.len() as u64);
+                    metrics::sink_batch_rows(table, rows.len());
+                    return Ok(());
+                }
+                Err(e) if is_transient(&e) => {
+                    metrics::sink_retried(table);
+                    tracing::warn!(table, rows = rows.len(), error = %e, retry_in_ms = delay.as_millis() as u64, "clickhouse insert failed, retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(self.backoff.max);
+                }
+                Err(e) => return Err(crate::Error::ClickHouse { table, source: e }),
+            }
+        }
+    }
+}

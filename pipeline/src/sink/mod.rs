@@ -1,0 +1,3 @@
+//! Sinks: where processor output is made durable before input offsets are committed.
+
+pub mod clickhouse;
