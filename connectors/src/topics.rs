@@ -20,6 +20,8 @@ pub struct TopicsConfig {
     pub sessions: String,
     /// Scenario hits.
     pub scenarios: String,
+    /// Events older than the correction horizon, as they arrived.
+    pub late: String,
     /// Partitions of each topic created by the pipeline.
     pub partitions: i32,
     /// Replication factor of each topic created by the pipeline.
@@ -33,6 +35,7 @@ impl Default for TopicsConfig {
             dlq: defaults::EVENTS_DLQ.to_string(),
             sessions: defaults::SESSIONS.to_string(),
             scenarios: defaults::SCENARIOS.to_string(),
+            late: defaults::EVENTS_LATE.to_string(),
             partitions: 6,
             replication_factor: 1,
         }
@@ -59,13 +62,14 @@ impl TopicsConfig {
             dlq: format!("{prefix}{}", d.dlq),
             sessions: format!("{prefix}{}", d.sessions),
             scenarios: format!("{prefix}{}", d.scenarios),
+            late: format!("{prefix}{}", d.late),
             ..d
         }
     }
 
     /// Every problem with this section.
     pub fn validate(&self, errors: &mut Vec<String>) {
-        for (field, name) in [("raw", &self.raw), ("dlq", &self.dlq), ("sessions", &self.sessions), ("scenarios", &self.scenarios)] {
+        for (field, name) in [("raw", &self.raw), ("dlq", &self.dlq), ("sessions", &self.sessions), ("scenarios", &self.scenarios), ("late", &self.late)] {
             let legal = !name.is_empty()
                 && name.len() <= 249
                 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
@@ -84,7 +88,7 @@ impl TopicsConfig {
     /// The topics the pipeline needs.
     pub fn specs(&self) -> Vec<TopicSpec> {
         let spec = |name: &String| TopicSpec { name: name.clone(), partitions: self.partitions, configs: vec![] };
-        vec![spec(&self.raw), spec(&self.dlq), spec(&self.sessions), spec(&self.scenarios)]
+        vec![spec(&self.raw), spec(&self.dlq), spec(&self.sessions), spec(&self.scenarios), spec(&self.late)]
     }
 }
 

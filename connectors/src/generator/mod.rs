@@ -92,8 +92,19 @@ const DAILY: [f64; 24] = [
 ];
 /// Relative volume by day of week, Monday first.
 const WEEKLY: [f64; 7] = [1.10, 1.05, 1.0, 1.0, 0.95, 0.80, 0.75];
-/// Average events per journey, measured on the default mix; used to size the arrival rate.
-const EVENTS_PER_JOURNEY: f64 = 6.5;
+/// Average events per journey of a scenario mix, measured by sampling scripts (deterministic);
+/// sizes the arrival rate so that `events` is reached inside the span.
+fn events_per_journey(rates: &ScenarioRates, seed: u64) -> f64 {
+    let mut rng = Rng::new(seed ^ 0xA5A5_5A5A);
+    let n = 4000;
+    let total: usize = (0..n)
+        .map(|_| {
+            let scenario = Scenario::pick(&mut rng, rates);
+            journeys::script(&mut rng, scenario, None, false).len()
+        })
+        .sum();
+    total as f64 / f64::from(n)
+}
 
 fn seasonal(t_ms: i64) -> f64 {
     let hour = (t_ms.div_euclid(3_600_000) % 24) as usize;
@@ -166,8 +177,9 @@ impl Generator {
             })
             .collect();
         let journeys = match cfg.events {
-            // Size the arrival rate so the target count is reached at ~90% of the span.
-            Some(n) => n as f64 / EVENTS_PER_JOURNEY / 0.9,
+            // Size the arrival rate so the target count is reached at ~75% of the span, so
+            // Poisson noise and journeys cut at the end of the span never leave it short.
+            Some(n) => n as f64 / events_per_journey(&cfg.scenarios, cfg.seed) / 0.7,
             None => cfg.customers as f64 * cfg.journeys_per_customer_day * f64::from(cfg.days),
         };
         let mean_season = DAILY.iter().sum::<f64>() / 24.0 * WEEKLY.iter().sum::<f64>() / 7.0;
@@ -232,7 +244,7 @@ impl Generator {
         loop {
             let gap = self.rng.exp(1.0 / (self.base_rate * SEASONAL_MAX));
             self.clock += gap.max(1.0) as i64;
-            if self.clock >= self.end_ms && self.cfg.events.is_none() {
+            if self.clock >= self.end_ms {
                 return false;
             }
             if self.rng.f64() * SEASONAL_MAX <= seasonal(self.clock) {
@@ -258,7 +270,7 @@ impl Generator {
         for step in steps {
             anonymous &= !step.linking;
             let t = t0 + step.offset_ms;
-            if self.cfg.events.is_none() && t >= self.end_ms {
+            if t >= self.end_ms {
                 continue; // the span is over: the journey is cut there, as a real export would be
             }
             let event = self.materialise(ci, t, step, anonymous);
@@ -402,6 +414,21 @@ mod tests {
         for e in &valid {
             journey_schemas::validate::validate_event(e, 1_800_000_000_000, &limits).unwrap();
         }
+    }
+
+    #[test]
+    fn events_stay_inside_the_span_so_none_is_in_the_future() {
+        let g = Generator::new(cfg(20_000), 0);
+        let (start, end) = (g.start_ms(), g.end_ms());
+        let out: Vec<_> = g.collect();
+        let mut n = 0;
+        for g in &out {
+            if let Generated::Event(e) = g {
+                assert!(e.event_time >= start && e.event_time < end, "{} outside [{start}, {end})", e.event_time);
+                n += 1;
+            }
+        }
+        assert_eq!(n, 20_000);
     }
 
     #[test]
