@@ -8,3 +8,5 @@ pub const EVENTS_DLQ: &str = "journey.events.dlq";
 pub const SESSIONS: &str = "journey.sessions";
 /// Scenario hits, Avro `ScenarioHit`, keyed by canonical customer.
 pub const SCENARIOS: &str = "journey.scenarios";
+/// Events older than the correction horizon, kept as they arrived for inspection or replay.
+pub const EVENTS_LATE: &str = "journey.events.late";
