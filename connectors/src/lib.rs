@@ -4,10 +4,14 @@
 //! identifier, acks=all with the idempotent producer, rejected input dead-lettered with its
 //! reason so that nothing accepted or rejected is ever silently lost.
 
+pub mod file_replay;
 pub mod generator;
+pub mod http_ingest;
 pub mod kafka;
 pub mod metrics;
+pub mod parse;
 pub mod publish;
+pub mod testkit;
 pub mod topics;
 
 pub use kafka::KafkaConfig;

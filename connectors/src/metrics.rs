@@ -57,3 +57,8 @@ pub fn end_to_end_lag_seconds(lag: f64) {
 pub fn ingest_latency_seconds(secs: f64) {
     histogram!("journey_ingest_request_seconds").record(secs);
 }
+
+/// Events accepted by HTTP ingest, per source.
+pub fn ingest_accepted(source: &str, n: u64) {
+    counter!("journey_ingest_accepted_total", "source" => source.to_string()).increment(n);
+}

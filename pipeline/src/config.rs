@@ -6,7 +6,9 @@
 //! value is read as TOML when it parses, else as a string), so secrets and per-host settings
 //! never need to live in the file.
 
+use journey_connectors::file_replay::ReplayConfig;
 use journey_connectors::generator::GeneratorConfig;
+use journey_connectors::http_ingest::IngestConfig;
 use journey_connectors::{KafkaConfig, TopicsConfig};
 use journey_schemas::duration::serde_duration;
 use serde::{Deserialize, Serialize};
@@ -155,6 +157,10 @@ pub struct Config {
     pub process: ProcessConfig,
     /// The journey generator.
     pub generator: GeneratorConfig,
+    /// HTTP ingest.
+    pub ingest: IngestConfig,
+    /// File replay.
+    pub replay: ReplayConfig,
 }
 
 /// Every problem found in a configuration.
@@ -251,6 +257,8 @@ impl Config {
         config.clickhouse.validate(&mut errors);
         config.process.validate(&mut errors);
         config.generator.validate(&mut errors);
+        config.ingest.validate(&mut errors);
+        config.replay.validate(&mut errors);
         if errors.is_empty() {
             Ok(config)
         } else {

@@ -4,7 +4,9 @@
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use journey_connectors::file_replay::{self, ReplayOptions};
 use journey_connectors::generator::{output, Generator};
+use journey_connectors::http_ingest::{self, Ingest};
 use journey_connectors::publish::BulkPublisher;
 use journey_connectors::topics::create_topics;
 use journey_pipeline::config::Config;
@@ -96,14 +98,26 @@ struct ProcessArgs {
 
 #[derive(Args)]
 struct ReplayArgs {
-    /// Files to replay (.jsonl, .csv, optionally .gz).
+    /// Files to replay: JSON lines (.jsonl/.ndjson) or CSV (.csv, with a mapping), optionally .gz.
     #[arg(required = true)]
     paths: Vec<PathBuf>,
+    /// Replay speed factor keeping the original spacing (60 = an hour per minute); default as fast as possible.
+    #[arg(long)]
+    speed: Option<f64>,
+    /// Only events at or after this time (RFC 3339 or epoch ms).
+    #[arg(long, value_parser = file_replay::parse_bound)]
+    from: Option<i64>,
+    /// Only events before this time (RFC 3339 or epoch ms).
+    #[arg(long, value_parser = file_replay::parse_bound)]
+    to: Option<i64>,
+    /// CSV mapping from [replay.mappings] (needed for CSV when several are configured).
+    #[arg(long)]
+    mapping: Option<String>,
 }
 
 #[derive(Args)]
 struct IngestArgs {
-    /// Listen address.
+    /// Listen address (default: ingest.listen).
     #[arg(long)]
     listen: Option<String>,
 }
@@ -287,7 +301,38 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 runtime::process(cfg, codec, pseudo, ProcessOptions::default(), shutdown_signal()).await?;
             }
         }
-        Command::Replay(_) | Command::Ingest(_) => anyhow::bail!("not available in this build yet"),
+        Command::Replay(args) => {
+            if let Some(s) = args.speed {
+                anyhow::ensure!(s > 0.0 && s.is_finite(), "--speed must be a positive number, got {s}");
+            }
+            ensure_topics(&cfg).await?;
+            let publisher = BulkPublisher::new(&cfg.kafka, codec(&cfg).await?, &cfg.topics.raw, &cfg.topics.dlq)?;
+            let opts = ReplayOptions { speed: args.speed, from_ms: args.from, to_ms: args.to, mapping: args.mapping, progress: None };
+            let replay_cfg = cfg.replay.clone();
+            let paths = args.paths;
+            let summary = tokio::task::spawn_blocking(move || file_replay::replay(&paths, &replay_cfg, &opts, publisher)).await??;
+            println!(
+                "read {} rows: published {}, rejected {} {:?}, outside --from/--to {}",
+                summary.read,
+                summary.published,
+                summary.rejected_total(),
+                summary.rejected,
+                summary.filtered
+            );
+        }
+        Command::Ingest(args) => {
+            let mut icfg = cfg.ingest.clone();
+            if let Some(l) = args.listen {
+                icfg.listen = l;
+            }
+            anyhow::ensure!(!icfg.sources.is_empty(), "no ingest sources configured: add [ingest.sources.NAME] with a token (or JOURNEY__INGEST__SOURCES__NAME__TOKEN)");
+            ensure_topics(&cfg).await?;
+            let publisher = http_ingest::publisher_for(&cfg.kafka, &icfg, codec(&cfg).await?, &cfg.topics.raw, &cfg.topics.dlq)?;
+            let handle = runtime::http::metrics_handle();
+            let listener = tokio::net::TcpListener::bind(&icfg.listen).await.with_context(|| format!("bind {}", icfg.listen))?;
+            let ingest = Ingest::new(icfg, publisher, std::sync::Arc::new(move || handle.render()));
+            http_ingest::serve(ingest, listener, shutdown_signal()).await?;
+        }
     }
     Ok(())
 }
