@@ -56,21 +56,41 @@ impl Pacer {
 
 /// Publishes every record to Kafka; blocking, call from a plain thread.
 /// `progress` is called every 100k records with the running summary.
+///
+/// Generation runs on its own thread and hands batches to this one, which encodes and
+/// enqueues them, so simulation and publishing use both cores.
 pub fn to_kafka(gen: Generator, rate: u64, mut publisher: BulkPublisher, mut progress: impl FnMut(&Summary)) -> anyhow::Result<Summary> {
+    const BATCH: usize = 2048;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Generated>>(8);
+    let producer = std::thread::Builder::new().name("generator".into()).spawn(move || {
+        let mut batch = Vec::with_capacity(BATCH);
+        for g in gen {
+            batch.push(g);
+            if batch.len() == BATCH && tx.send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH))).is_err() {
+                return;
+            }
+        }
+        let _ = tx.send(batch);
+    })?;
     let mut summary = Summary::default();
     let mut pacer = Pacer { rate, start: Instant::now(), n: 0 };
-    for g in gen {
-        summary.count(&g);
-        match &g {
-            Generated::Event(e) | Generated::Duplicate(e) => publisher.send_event(e)?,
-            Generated::Malformed { key, payload, .. } => publisher.send_raw(key.as_bytes(), payload)?,
+    let mut next_progress = 100_000;
+    for batch in rx {
+        for g in &batch {
+            summary.count(g);
+            match g {
+                Generated::Event(e) | Generated::Duplicate(e) => publisher.send_event(e)?,
+                Generated::Malformed { key, payload, .. } => publisher.send_raw(key.as_bytes(), payload)?,
+            }
+            pacer.tick();
         }
-        pacer.tick();
-        if summary.total() % 100_000 == 0 {
+        if summary.total() >= next_progress {
+            next_progress += 100_000;
             summary.kafka = publisher.stats();
             progress(&summary);
         }
     }
+    producer.join().map_err(|_| anyhow::anyhow!("generator thread panicked"))?;
     summary.kafka = publisher.finish(Duration::from_secs(60))?;
     if summary.kafka.delivered != summary.total() {
         anyhow::bail!(
