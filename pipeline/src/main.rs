@@ -74,6 +74,18 @@ struct GenerateArgs {
     /// Days of event time.
     #[arg(long)]
     days: Option<u32>,
+    /// Start of event time (RFC 3339 or epoch ms); default midnight UTC `days` days ago.
+    #[arg(long, value_parser = file_replay::parse_bound)]
+    start: Option<i64>,
+    /// Share of events emitted late, out of order (0..1).
+    #[arg(long)]
+    delayed_share: Option<f64>,
+    /// Share of events emitted twice with the same event_id (0..1).
+    #[arg(long)]
+    duplicate_share: Option<f64>,
+    /// Share of extra malformed records (0..1).
+    #[arg(long)]
+    malformed_share: Option<f64>,
     /// Write JSON lines to this file instead of Kafka.
     #[arg(long)]
     output: Option<PathBuf>,
@@ -162,6 +174,10 @@ async fn generate(cfg: &Config, args: GenerateArgs) -> anyhow::Result<output::Su
     g.rate = args.rate.unwrap_or(g.rate);
     g.customers = args.customers.unwrap_or(g.customers);
     g.days = args.days.unwrap_or(g.days);
+    g.start_ms = args.start.or(g.start_ms);
+    g.disorder.delayed_share = args.delayed_share.unwrap_or(g.disorder.delayed_share);
+    g.disorder.duplicate_share = args.duplicate_share.unwrap_or(g.disorder.duplicate_share);
+    g.disorder.malformed_share = args.malformed_share.unwrap_or(g.disorder.malformed_share);
     let mut errors = Vec::new();
     g.validate(&mut errors);
     anyhow::ensure!(errors.is_empty(), "invalid generator settings: {}", errors.join("; "));
@@ -285,7 +301,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             ensure_topics(&cfg).await?;
             migrate::migrate(&cfg.clickhouse).await?;
             let pseudo = Pseudonymizer::from_env()?;
-            let gen = generate(&cfg, GenerateArgs { events: Some(args.events), seed: None, rate: None, customers: None, days: None, output: None }).await?;
+            let gen = generate(&cfg, GenerateArgs {
+                    events: Some(args.events),
+                    seed: None,
+                    rate: None,
+                    customers: None,
+                    days: None,
+                    start: None,
+                    delayed_share: None,
+                    duplicate_share: None,
+                    malformed_share: None,
+                    output: None,
+                }).await?;
             println!("published {} events to {}", gen.events, cfg.topics.raw);
             let codec = codec(&cfg).await?;
             let idle = cfg.process.idle_timeout + Duration::from_secs(3);

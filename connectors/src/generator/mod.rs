@@ -403,6 +403,32 @@ mod tests {
     }
 
     #[test]
+    fn an_incident_spikes_its_scenario_in_its_region_topic_and_window() {
+        let day = 86_400_000;
+        let incident = Incident {
+            scenario: "ivr_to_agent".into(),
+            region: "north".into(),
+            topic: "internet_down".into(),
+            start_offset: std::time::Duration::from_secs(10 * 3600),
+            duration: std::time::Duration::from_secs(2 * 3600),
+            multiplier: 10.0,
+        };
+        let cfg = GeneratorConfig { customers: 2000, events: None, journeys_per_customer_day: 3.0, incident: Some(incident), ..cfg(0) };
+        let start = cfg.start_ms.unwrap();
+        let transfers = |from: i64, to: i64, out: &[Generated]| {
+            out.iter()
+                .filter(|g| matches!(g, Generated::Event(e) if e.event_type == "ivr.transfer" && e.region.as_deref() == Some("north")
+                    && e.topic.as_deref() == Some("internet_down") && e.event_time >= from && e.event_time < to))
+                .count()
+        };
+        let out: Vec<_> = Generator::new(cfg, 0).collect();
+        let during = transfers(start + 10 * 3_600_000, start + 12 * 3_600_000, &out);
+        let before = transfers(start + 6 * 3_600_000, start + 8 * 3_600_000, &out);
+        assert!(during > 10 * before.max(1), "during {during}, before {before}");
+        assert!(out.iter().all(|g| !matches!(g, Generated::Event(e) if e.event_time >= start + day)));
+    }
+
+    #[test]
     fn hex_ids_match_format() {
         for v in [0u64, 1, 0xf, 0x10, 0xabc, u64::MAX, 1 << 63] {
             let mut s = String::new();
