@@ -22,6 +22,12 @@ pub struct TopicsConfig {
     pub scenarios: String,
     /// Events older than the correction horizon, as they arrived.
     pub late: String,
+    /// Valid events re-keyed by canonical customer (stitch -> sessionize), plus control records.
+    pub keyed: String,
+    /// Identity links, compacted: identifier -> canonical customer key.
+    pub identity: String,
+    /// Processor state changelog, compacted, partitioned like `keyed`.
+    pub state: String,
     /// Partitions of each topic created by the pipeline.
     pub partitions: i32,
     /// Replication factor of each topic created by the pipeline.
@@ -36,6 +42,9 @@ impl Default for TopicsConfig {
             sessions: defaults::SESSIONS.to_string(),
             scenarios: defaults::SCENARIOS.to_string(),
             late: defaults::EVENTS_LATE.to_string(),
+            keyed: defaults::EVENTS_KEYED.to_string(),
+            identity: defaults::IDENTITY.to_string(),
+            state: defaults::STATE.to_string(),
             partitions: 6,
             replication_factor: 1,
         }
@@ -63,13 +72,16 @@ impl TopicsConfig {
             sessions: format!("{prefix}{}", d.sessions),
             scenarios: format!("{prefix}{}", d.scenarios),
             late: format!("{prefix}{}", d.late),
+            keyed: format!("{prefix}{}", d.keyed),
+            identity: format!("{prefix}{}", d.identity),
+            state: format!("{prefix}{}", d.state),
             ..d
         }
     }
 
     /// Every problem with this section.
     pub fn validate(&self, errors: &mut Vec<String>) {
-        for (field, name) in [("raw", &self.raw), ("dlq", &self.dlq), ("sessions", &self.sessions), ("scenarios", &self.scenarios), ("late", &self.late)] {
+        for (field, name) in [("raw", &self.raw), ("dlq", &self.dlq), ("sessions", &self.sessions), ("scenarios", &self.scenarios), ("late", &self.late), ("keyed", &self.keyed), ("identity", &self.identity), ("state", &self.state)] {
             let legal = !name.is_empty()
                 && name.len() <= 249
                 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
@@ -88,7 +100,21 @@ impl TopicsConfig {
     /// The topics the pipeline needs.
     pub fn specs(&self) -> Vec<TopicSpec> {
         let spec = |name: &String| TopicSpec { name: name.clone(), partitions: self.partitions, configs: vec![] };
-        vec![spec(&self.raw), spec(&self.dlq), spec(&self.sessions), spec(&self.scenarios), spec(&self.late)]
+        let compacted = |name: &String| TopicSpec {
+            name: name.clone(),
+            partitions: self.partitions,
+            configs: vec![("cleanup.policy".into(), "compact".into())],
+        };
+        vec![
+            spec(&self.raw),
+            spec(&self.dlq),
+            spec(&self.sessions),
+            spec(&self.scenarios),
+            spec(&self.late),
+            spec(&self.keyed),
+            compacted(&self.identity),
+            compacted(&self.state),
+        ]
     }
 }
 

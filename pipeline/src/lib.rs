@@ -11,6 +11,7 @@ pub mod pii;
 pub mod runtime;
 pub mod sessionize;
 pub mod sink;
+pub mod stitch;
 
 pub use config::Config;
 

@@ -294,8 +294,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             runtime::http::spawn_metrics_server(&cfg.process.metrics_addr).await?;
             ensure_topics(&cfg).await?;
             let codec = codec(&cfg).await?;
-            let summary = runtime::process(cfg, codec, Pseudonymizer::from_env()?, ProcessOptions { exit_when_idle: args.exit_when_idle }, shutdown_signal()).await?;
-            println!("{summary:?}");
+            let opts = ProcessOptions { exit_when_idle: args.exit_when_idle, upstream_done: None };
+            let (stitched, processed) = runtime::run_all(cfg, codec, Pseudonymizer::from_env()?, opts, shutdown_signal()).await?;
+            println!("{stitched:?}\n{processed:?}");
         }
         Command::Demo(args) => {
             ensure_topics(&cfg).await?;
@@ -316,16 +317,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("published {} events to {}", gen.events, cfg.topics.raw);
             let codec = codec(&cfg).await?;
             let idle = cfg.process.idle_timeout + Duration::from_secs(3);
-            let summary = runtime::process(cfg.clone(), codec.clone(), pseudo.clone(), ProcessOptions { exit_when_idle: Some(idle) }, shutdown_signal()).await?;
+            let opts = ProcessOptions { exit_when_idle: Some(idle), upstream_done: None };
+            let (stitched, summary) = runtime::run_all(cfg.clone(), codec.clone(), pseudo.clone(), opts, shutdown_signal()).await?;
             println!(
-                "processed {} records: {} events, {} duplicates, {} dead-lettered, {} session records",
-                summary.consumed, summary.accepted, summary.duplicates, summary.dead_lettered, summary.sessions
+                "processed {} records: {} events, {} duplicates, {} dead-lettered, {} session records, {} identity merges",
+                stitched.consumed,
+                summary.accepted,
+                summary.duplicates,
+                stitched.dead_lettered + summary.dead_lettered,
+                summary.sessions,
+                stitched.merges
             );
             print_summary(&cfg).await?;
             if !args.no_wait {
                 println!("\nProcessing live until Ctrl-C (publish more with `journey generate` or `journey ingest`)...");
                 runtime::http::spawn_metrics_server(&cfg.process.metrics_addr).await?;
-                runtime::process(cfg, codec, pseudo, ProcessOptions::default(), shutdown_signal()).await?;
+                runtime::run_all(cfg, codec, pseudo, ProcessOptions::default(), shutdown_signal()).await?;
             }
         }
         Command::Replay(args) => {

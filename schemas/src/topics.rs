@@ -10,3 +10,9 @@ pub const SESSIONS: &str = "journey.sessions";
 pub const SCENARIOS: &str = "journey.scenarios";
 /// Events older than the correction horizon, kept as they arrived for inspection or replay.
 pub const EVENTS_LATE: &str = "journey.events.late";
+/// Valid events re-keyed by canonical customer, and re-attribution control records.
+pub const EVENTS_KEYED: &str = "journey.events.keyed";
+/// Identity links (compacted): identifier -> canonical customer key.
+pub const IDENTITY: &str = "journey.identity";
+/// Processor state changelog (compacted).
+pub const STATE: &str = "journey.state";

@@ -3,8 +3,10 @@
 -- (and records it in schema_migrations); the docker-compose ClickHouse service runs the same
 -- files at init through sql/docker-init.sh.
 
--- Every accepted event once. ReplacingMergeTree collapses a row re-inserted after a crash
--- (same sorting key); the sink also sends insert deduplication tokens for retried batches.
+-- Every accepted event once (read with FINAL, or through events_current). ReplacingMergeTree
+-- collapses a row re-inserted after a crash (same sorting key); when a late identity link
+-- moves an event to another customer, the old row gets a tombstone (is_deleted = 1, higher
+-- version) and the event is inserted again under its new customer.
 CREATE TABLE IF NOT EXISTS events
 (
     event_id        String,
@@ -21,9 +23,11 @@ CREATE TABLE IF NOT EXISTS events
     line            LowCardinality(String),
     agent_id        String,
     region          LowCardinality(String),
-    attrs           Map(String, String)
+    attrs           Map(String, String),
+    version         UInt64,
+    is_deleted      UInt8
 )
-ENGINE = ReplacingMergeTree
+ENGINE = ReplacingMergeTree(version, is_deleted)
 PARTITION BY toYYYYMM(event_time)
 ORDER BY (customer_id, event_time, event_id)
 TTL toDateTime(event_time) + INTERVAL 400 DAY
@@ -57,3 +61,8 @@ CREATE VIEW IF NOT EXISTS sessions_current AS
 SELECT *
 FROM sessions FINAL
 WHERE NOT retracted;
+
+-- Exactly the current events: one row per event, under its current canonical customer.
+CREATE VIEW IF NOT EXISTS events_current AS
+SELECT *
+FROM events FINAL;

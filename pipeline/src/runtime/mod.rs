@@ -13,6 +13,7 @@
 //! work is a few microseconds, so the loop yields to the runtime between messages.
 
 pub mod http;
+pub mod stitch;
 
 use crate::config::Config;
 use crate::pii::Pseudonymizer;
@@ -22,8 +23,7 @@ use crate::Error;
 use journey_connectors::metrics;
 use journey_connectors::publish::DeadLetter;
 use journey_connectors::now_ms;
-use journey_schemas::validate::{validate_event, Limits};
-use journey_schemas::{ChannelEvent, Codec, Session};
+use journey_schemas::{Codec, Session};
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
@@ -38,6 +38,8 @@ pub struct ProcessOptions {
     /// Exit once no record arrived for this long and every session was flushed (batch runs,
     /// demos, tests). `None` runs until stopped.
     pub exit_when_idle: Option<Duration>,
+    /// With `exit_when_idle`: also wait until this flag is set (the upstream stage finished).
+    pub upstream_done: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// Totals of a `process` run.
@@ -55,6 +57,10 @@ pub struct ProcessSummary {
     pub late: u64,
     /// Session records emitted (including new versions and retractions).
     pub sessions: u64,
+    /// Records re-published under another customer key after an identity merge.
+    pub forwarded: u64,
+    /// Customer keys merged into another customer.
+    pub reattributed: u64,
 }
 
 /// Records partition assignment changes seen during polls.
@@ -88,6 +94,62 @@ struct PartitionState {
     committed: i64,
     max_event_time: i64,
     last_event_wall: Instant,
+    /// Keys merged into another customer: old key -> (new key, max event time when merged).
+    /// Records still arriving under an old key are re-published under the new one; an entry
+    /// is dropped once event time has passed the correction horizon after the merge.
+    forwards: HashMap<String, (String, i64)>,
+    /// Latest watermark of each raw partition, and how many raw partitions there are.
+    upstream: HashMap<i32, i64>,
+    upstream_count: usize,
+}
+
+impl PartitionState {
+    /// The event-time watermark: the minimum over every raw partition's watermark, or none
+    /// until all of them have reported.
+    fn watermark(&self) -> Option<i64> {
+        if self.upstream_count == 0 || self.upstream.len() < self.upstream_count {
+            return None;
+        }
+        self.upstream.values().copied().min()
+    }
+}
+
+/// Version of an output derived from the record at `offset`: deterministic, so a replay after
+/// a crash re-creates the same versions, and increasing with the offset within a partition.
+pub fn version_at(offset: i64) -> i64 {
+    (offset + 1) << 20
+}
+
+/// A control record parsed from its headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Control {
+    /// Move the record key's state to this key.
+    Reattribute(String),
+    /// Watermark of one raw partition.
+    Watermark {
+        /// Raw partition.
+        raw: i32,
+        /// Number of raw partitions.
+        of: usize,
+        /// Watermark, epoch ms.
+        time: i64,
+    },
+}
+
+/// Reads the control header of a keyed record, if any.
+pub fn control_of(headers: Option<&rdkafka::message::BorrowedHeaders>) -> Option<Control> {
+    use rdkafka::message::Headers;
+    let h = headers?;
+    let text = |k: &str| h.iter().find(|hd| hd.key == k).and_then(|hd| hd.value).map(|v| String::from_utf8_lossy(v).to_string());
+    match text(stitch::CONTROL_HEADER)?.as_str() {
+        stitch::CONTROL_REATTRIBUTE => Some(Control::Reattribute(text(stitch::REATTRIBUTE_TO_HEADER)?)),
+        stitch::CONTROL_WATERMARK => Some(Control::Watermark {
+            raw: text(stitch::WM_PARTITION_HEADER)?.parse().ok()?,
+            of: text(stitch::WM_PARTITIONS_HEADER)?.parse().ok()?,
+            time: text(stitch::WM_TIME_HEADER)?.parse().ok()?,
+        }),
+        _ => None,
+    }
 }
 
 /// The processor: state per assigned partition plus buffers awaiting the next flush.
@@ -95,7 +157,6 @@ pub struct Processor {
     cfg: Config,
     codec: Codec,
     pseudo: Pseudonymizer,
-    limits: Limits,
     params: SessionParams,
     partitions: HashMap<i32, PartitionState>,
     event_rows: Vec<EventRow>,
@@ -116,7 +177,6 @@ impl Processor {
         Processor {
             codec,
             pseudo,
-            limits: Limits::default(),
             params,
             partitions: HashMap::new(),
             event_rows: Vec::new(),
@@ -124,18 +184,6 @@ impl Processor {
             pending: Vec::new(),
             summary: ProcessSummary::default(),
             cfg,
-        }
-    }
-
-    /// The canonical customer key of an event: the CRM id when present, else the pseudonymised
-    /// phone number, else the app install. (Identity stitching refines this across events.)
-    pub fn customer_key(&self, e: &ChannelEvent) -> Option<String> {
-        if let Some(c) = e.customer_id.as_deref().filter(|c| !c.is_empty()) {
-            Some(c.to_string())
-        } else if let Some(m) = e.msisdn.as_deref().filter(|m| !m.is_empty()) {
-            Some(format!("m:{}", self.pseudo.hash(m)))
-        } else {
-            e.app_instance_id.as_deref().filter(|a| !a.is_empty()).map(|a| format!("a:{a}"))
         }
     }
 
@@ -153,8 +201,18 @@ impl Processor {
     }
 
 
-    /// Handles one input record.
-    pub fn handle(&mut self, producer: &FutureProducer, topic: &str, partition: i32, offset: i64, key: Option<&[u8]>, payload: &[u8]) {
+    /// Handles one input record (`control` from its headers).
+    #[allow(clippy::too_many_arguments)]
+    pub fn handle(
+        &mut self,
+        producer: &FutureProducer,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        control: Option<Control>,
+    ) {
         self.summary.consumed += 1;
         metrics::events_in(1);
         let params = self.params;
@@ -164,10 +222,39 @@ impl Processor {
             committed: -1,
             max_event_time: i64::MIN,
             last_event_wall: Instant::now(),
+            forwards: HashMap::new(),
+            upstream: HashMap::new(),
+            upstream_count: 0,
         });
         // Committed offsets name the next record to read, hence +1.
         st.next_offset = offset + 1;
+        st.sessionizer.set_version_floor(version_at(offset));
         let origin = || format!("{topic}/{partition}/{offset}");
+        let key_str = key.and_then(|k| std::str::from_utf8(k).ok()).unwrap_or("");
+        match control {
+            Some(Control::Reattribute(to)) => {
+                self.reattribute(producer, partition, offset, key_str, &to);
+                return;
+            }
+            Some(Control::Watermark { raw, of, time }) => {
+                let st = self.partitions.get_mut(&partition).expect("inserted above");
+                let e = st.upstream.entry(raw).or_insert(time);
+                *e = (*e).max(time);
+                st.upstream_count = of;
+                if let Some(wm) = st.watermark() {
+                    st.sessionizer.advance(wm, &mut self.sessions);
+                }
+                return;
+            }
+            None => {}
+        }
+        if let Some((to, _)) = self.partitions.get(&partition).and_then(|st| st.forwards.get(key_str)) {
+            // This key was merged into another customer: the event belongs there.
+            let record = FutureRecord::to(&self.cfg.topics.keyed).key(to.as_bytes()).payload(payload);
+            send(&mut self.pending, producer, record);
+            self.summary.forwarded += 1;
+            return;
+        }
         let event = match self.codec.decode_event(payload) {
             Ok(d) => d.value,
             Err(e) => {
@@ -176,25 +263,21 @@ impl Processor {
                 return;
             }
         };
-        if let Err(r) = validate_event(&event, now_ms(), &self.limits) {
-            self.dead_letter(producer, key, payload, r.code, &r.detail, &origin());
-            return;
-        }
-        let Some(customer) = self.customer_key(&event) else {
-            self.dead_letter(producer, key, payload, "missing_identifier", "no usable identifier", &origin());
+        // The stitch stage keyed the record by its canonical customer.
+        let Some(customer) = key.and_then(|k| std::str::from_utf8(k).ok()).filter(|k| !k.is_empty()).map(str::to_string) else {
+            self.dead_letter(producer, key, payload, "missing_key", "a keyed event has no customer key", &origin());
             return;
         };
-        let lateness = self.cfg.process.allowed_lateness.as_millis() as i64;
         let st = self.partitions.get_mut(&partition).expect("inserted above");
         st.max_event_time = st.max_event_time.max(event.event_time);
         st.last_event_wall = Instant::now();
-        st.sessionizer.set_version_floor(now_ms());
         let mut sev = SessionEvent::from_event(&event);
         sev.offset = offset;
+        sev.payload = Some(payload.into());
         match st.sessionizer.admit(&customer, sev, &mut self.sessions) {
             Admission::Accepted => {
                 let hash = event.msisdn.as_deref().map(|m| self.pseudo.hash(m)).unwrap_or_default();
-                self.event_rows.push(EventRow::new(&event, &customer, hash));
+                self.event_rows.push(EventRow::new(&event, &customer, hash, version_at(offset) as u64));
                 self.summary.accepted += 1;
             }
             Admission::Duplicate => {
@@ -212,23 +295,32 @@ impl Processor {
                 send(&mut self.pending, producer, record);
             }
         }
-        let st = self.partitions.get_mut(&partition).expect("inserted above");
-        st.sessionizer.advance(st.max_event_time.saturating_sub(lateness), &mut self.sessions);
     }
 
-    /// Closes the sessions of partitions that were quiet for `idle_timeout` of wall-clock time:
-    /// their watermark jumps past every event seen, so no session waits for an event that may
-    /// never come. A later event there is handled as a (correcting) late event.
-    pub fn on_idle_tick(&mut self) {
-        let idle = self.cfg.process.idle_timeout;
-        let gap = self.params.gap_ms;
-        for st in self.partitions.values_mut() {
-            if st.last_event_wall.elapsed() >= idle && st.sessionizer.has_open_sessions() {
-                st.sessionizer.set_version_floor(now_ms());
-                let wm = st.max_event_time.saturating_add(gap).saturating_add(1);
-                st.sessionizer.advance(wm, &mut self.sessions);
-            }
+    /// Moves `from`'s state to `to`: retracts its sessions, tombstones its rows in `events`,
+    /// re-publishes its retained events under `to`, and forwards later records for `from`.
+    fn reattribute(&mut self, producer: &FutureProducer, partition: i32, offset: i64, from: &str, to: &str) {
+        if from.is_empty() || from == to {
+            return;
         }
+        let st = self.partitions.get_mut(&partition).expect("created by handle");
+        st.forwards.insert(from.to_string(), (to.to_string(), st.max_event_time));
+        let events = st.sessionizer.take_customer(from, &mut self.sessions);
+        let tombstone_version = version_at(offset) as u64 + 1;
+        for e in &events {
+            let Some(payload) = &e.payload else { continue };
+            if let Ok(d) = self.codec.decode_event(payload) {
+                let hash = d.value.msisdn.as_deref().map(|m| self.pseudo.hash(m)).unwrap_or_default();
+                let mut row = EventRow::new(&d.value, from, hash, tombstone_version);
+                row.is_deleted = 1;
+                self.event_rows.push(row);
+            }
+            let record = FutureRecord::to(&self.cfg.topics.keyed).key(to.as_bytes()).payload(&payload[..]);
+            send(&mut self.pending, producer, record);
+            self.summary.forwarded += 1;
+        }
+        self.summary.reattributed += 1;
+        tracing::debug!(events = events.len(), "customer key re-attributed");
     }
 
     /// Rows and records buffered since the last flush.
@@ -269,6 +361,11 @@ impl Processor {
                 Err(_) => return Err(Error::Kafka(rdkafka::error::KafkaError::Canceled)),
             }
         }
+        let horizon = self.params.horizon_ms;
+        for st in self.partitions.values_mut() {
+            let wm = st.sessionizer.watermark();
+            st.forwards.retain(|_, (_, at)| at.saturating_add(horizon) >= wm);
+        }
         let mut tpl = TopicPartitionList::new();
         for (&p, st) in &mut self.partitions {
             let safe = match st.sessionizer.min_pending_offset() {
@@ -276,7 +373,7 @@ impl Processor {
                 None => st.next_offset,
             };
             if safe > st.committed {
-                tpl.add_partition_offset(&self.cfg.topics.raw, p, Offset::Offset(safe))?;
+                tpl.add_partition_offset(&self.cfg.topics.keyed, p, Offset::Offset(safe))?;
                 st.committed = safe;
             }
         }
@@ -297,7 +394,7 @@ impl Processor {
 }
 
 /// Enqueues a record, keeping its acknowledgement to await before the next commit.
-fn send(pending: &mut Vec<DeliveryFuture>, producer: &FutureProducer, mut record: FutureRecord<'_, [u8], [u8]>) {
+pub(crate) fn send(pending: &mut Vec<DeliveryFuture>, producer: &FutureProducer, mut record: FutureRecord<'_, [u8], [u8]>) {
     loop {
         match producer.send_result(record) {
             Ok(f) => {
@@ -341,12 +438,12 @@ pub async fn process(
 ) -> Result<ProcessSummary, Error> {
     let log = RebalanceLog::default();
     let consumer: StreamConsumer<RebalanceLog> = consumer_config(&cfg).create_with_context(log.clone())?;
-    consumer.subscribe(&[&cfg.topics.raw])?;
+    consumer.subscribe(&[&cfg.topics.keyed])?;
     let producer: FutureProducer = cfg.kafka.producer_config().create()?;
     let sink = ClickHouseSink::new(client(&cfg.clickhouse), Backoff::default(), true);
     let flush_every = cfg.process.flush_interval;
     let max_rows = cfg.process.max_batch_rows;
-    let raw_topic = cfg.topics.raw.clone();
+    let raw_topic = cfg.topics.keyed.clone();
     let mut proc = Processor::new(cfg, codec, pseudo);
     let mut last_flush = Instant::now();
     let mut last_record = Instant::now();
@@ -358,11 +455,10 @@ pub async fn process(
             msg = consumer.recv() => {
                 let msg = msg?;
                 last_record = Instant::now();
-                proc.handle(&producer, msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.payload().unwrap_or(&[]));
+                let control = control_of(msg.headers());
+                proc.handle(&producer, msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.payload().unwrap_or(&[]), control);
             }
-            _ = tick.tick() => {
-                proc.on_idle_tick();
-            }
+            _ = tick.tick() => {}
             _ = &mut shutdown => {
                 tracing::info!("shutdown requested: flushing");
                 break;
@@ -383,7 +479,8 @@ pub async fn process(
             last_flush = Instant::now();
         }
         if let Some(idle) = opts.exit_when_idle {
-            if last_record.elapsed() >= idle && !proc.has_open_sessions() && proc.buffered() == 0 {
+            let upstream_done = opts.upstream_done.as_ref().is_none_or(|f| f.load(std::sync::atomic::Ordering::SeqCst));
+            if upstream_done && last_record.elapsed() >= idle && !proc.has_open_sessions() && proc.buffered() == 0 {
                 tracing::info!("idle and fully flushed: exiting");
                 break;
             }
@@ -394,4 +491,42 @@ pub async fn process(
         consumer.commit(&tpl, CommitMode::Sync)?;
     }
     Ok(proc.summary().clone())
+}
+
+/// Runs the whole pipeline in this process: the stitch stage and the processor, each with its
+/// own consumer group, until `shutdown` (or, with `exit_when_idle`, until both are idle).
+pub async fn run_all(
+    cfg: Config,
+    codec: Codec,
+    pseudo: Pseudonymizer,
+    opts: ProcessOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(stitch::StitchSummary, ProcessSummary), Error> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stitched = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let stitch_opts = ProcessOptions { exit_when_idle: opts.exit_when_idle, upstream_done: None };
+    let process_opts = ProcessOptions { exit_when_idle: opts.exit_when_idle, upstream_done: Some(stitched.clone()) };
+    let stitch_task = {
+        let (cfg, codec, pseudo, rx, stitched) = (cfg.clone(), codec.clone(), pseudo.clone(), stop_rx.clone(), stitched.clone());
+        async move {
+            let r = stitch::stitch(cfg, codec, pseudo, stitch_opts, wait(rx)).await;
+            stitched.store(true, std::sync::atomic::Ordering::SeqCst);
+            r
+        }
+    };
+    let process_task = process(cfg, codec, pseudo, process_opts, wait(stop_rx));
+    tokio::pin!(shutdown);
+    let both = async { tokio::join!(stitch_task, process_task) };
+    tokio::pin!(both);
+    let (s, p) = tokio::select! {
+        r = &mut both => r,
+        _ = &mut shutdown => {
+            let _ = stop_tx.send(true);
+            both.await
+        }
+    };
+    Ok((s?, p?))
 }

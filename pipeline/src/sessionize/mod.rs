@@ -46,6 +46,8 @@ pub struct SessionEvent {
     pub assisted: bool,
     /// Input offset it came from (the runtime commits no further than the oldest unfinished one).
     pub offset: i64,
+    /// The original record, kept so a re-attribution can re-publish it under the new key.
+    pub payload: Option<Arc<[u8]>>,
 }
 
 impl SessionEvent {
@@ -58,6 +60,7 @@ impl SessionEvent {
             topic: e.topic.as_deref().map(Arc::from),
             assisted: e.event_type == "contact.start",
             offset: 0,
+            payload: None,
         }
     }
 
@@ -404,6 +407,27 @@ impl Sessionizer {
             self.timers.remove(&(old, idx));
         }
         self.timers.insert((deadline, idx));
+    }
+
+    /// Removes a customer's state (its key was merged into another customer): emits a
+    /// retraction for each of its emitted sessions and returns its retained events, which the
+    /// caller re-publishes under the new key.
+    pub fn take_customer(&mut self, customer: &str, out: &mut Vec<Session>) -> Vec<SessionEvent> {
+        let Some(idx) = self.index.remove(customer) else { return Vec::new() };
+        let floor = self.version_floor;
+        let state = std::mem::take(&mut self.customers[idx]);
+        if let Some(t) = state.timer {
+            self.timers.remove(&(t, idx));
+        }
+        self.free.push(idx);
+        let mut retractions: Vec<Session> = state.emitted.into_values().filter(|s| !s.retracted).collect();
+        retractions.sort_by(|a, b| a.session_id.cmp(&b.session_id));
+        for mut s in retractions {
+            s.version = (s.version + 1).max(floor);
+            s.retracted = true;
+            out.push(s);
+        }
+        state.events
     }
 
     /// Emits every session as if event time had ended (used when a replay is complete and

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 const P: SessionParams = SessionParams { gap_ms: 30 * 60_000, max_duration_ms: 4 * 3_600_000, horizon_ms: 24 * 3_600_000 };
 
 fn ev(time: i64, id: &str, channel: Channel) -> SessionEvent {
-    SessionEvent { time, id: id.into(), channel, topic: None, assisted: false, offset: 0 }
+    SessionEvent { time, id: id.into(), channel, topic: None, assisted: false, offset: 0, payload: None }
 }
 
 /// Latest version of every session id, non-retracted, version cleared: the "final state".
@@ -126,7 +126,7 @@ proptest! {
         let base = 1_700_000_000_000i64;
         // Event ids are unique (a random prefix shuffles the order of ties in time).
         let events: Vec<(String, SessionEvent)> = raw.iter().enumerate().map(|(i, &(c, m, id, ch))| {
-            (format!("c:{c}"), SessionEvent { time: base + m * 60_000, id: format!("{id:05}-{i:03}").into(), channel: Channel::ALL[ch as usize], topic: None, assisted: ch == 5, offset: 0 })
+            (format!("c:{c}"), SessionEvent { time: base + m * 60_000, id: format!("{id:05}-{i:03}").into(), channel: Channel::ALL[ch as usize], topic: None, assisted: ch == 5, offset: 0, payload: None })
         }).collect();
         // Arrival order: event time plus a random delay of up to 20 hours (within the 24 h horizon).
         let mut arrival: Vec<usize> = (0..events.len()).collect();
@@ -156,4 +156,21 @@ proptest! {
         let extra: Vec<_> = got.iter().filter(|(k, v)| expected.get(*k) != Some(v)).map(|(_, v)| v).collect();
         prop_assert!(missing.is_empty() && extra.is_empty(), "missing or different: {:#?}\nunexpected: {:#?}", missing, extra);
     }
+}
+
+#[test]
+fn taking_a_customer_retracts_its_sessions_and_returns_its_events() {
+    let mut z = Sessionizer::new(P);
+    let mut out = Vec::new();
+    z.admit("a:app", ev(0, "a", Channel::App), &mut out);
+    z.admit("a:app", ev(60_000, "b", Channel::App), &mut out);
+    z.advance(3_600_000, &mut out);
+    assert_eq!(out.len(), 1);
+    z.admit("a:app", ev(3_700_000, "c", Channel::App), &mut out);
+    let events = z.take_customer("a:app", &mut out);
+    assert_eq!(events.iter().map(|e| &*e.id).collect::<Vec<_>>(), ["a", "b", "c"]);
+    assert!(out[1].retracted && out[1].session_id == out[0].session_id && out[1].version > out[0].version);
+    assert_eq!(out.len(), 2, "the open session was never emitted, so nothing to retract");
+    assert_eq!(z.customers(), 0);
+    assert!(z.take_customer("a:app", &mut out).is_empty());
 }

@@ -45,11 +45,15 @@ pub struct EventRow {
     pub region: String,
     /// Attributes.
     pub attrs: Vec<(String, String)>,
+    /// Version: the highest per (customer_id, event_time, event_id) wins.
+    pub version: u64,
+    /// 1 on a tombstone: the event moved to another customer key.
+    pub is_deleted: u8,
 }
 
 impl EventRow {
     /// The row for an accepted event of canonical customer `customer`.
-    pub fn new(e: &ChannelEvent, customer: &str, msisdn_hash: String) -> EventRow {
+    pub fn new(e: &ChannelEvent, customer: &str, msisdn_hash: String, version: u64) -> EventRow {
         let s = |o: &Option<String>| o.clone().unwrap_or_default();
         EventRow {
             event_id: e.event_id.clone(),
@@ -67,6 +71,8 @@ impl EventRow {
             agent_id: s(&e.agent_id),
             region: s(&e.region),
             attrs: e.attrs.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            version,
+            is_deleted: 0,
         }
     }
 }

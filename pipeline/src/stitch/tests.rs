@@ -1,0 +1,108 @@
+use super::*;
+use proptest::prelude::*;
+
+fn c(v: &str) -> Ident {
+    Ident { kind: IdKind::Customer, value: v.into() }
+}
+fn m(v: &str) -> Ident {
+    Ident { kind: IdKind::Msisdn, value: v.into() }
+}
+fn a(v: &str) -> Ident {
+    Ident { kind: IdKind::App, value: v.into() }
+}
+
+#[test]
+fn a_customer_id_is_canonical_once_linked() {
+    let mut g = IdentityGraph::new();
+    assert_eq!(g.observe(&[a("app1")]).canonical, "a:app1");
+    assert_eq!(g.observe(&[m("h1")]).canonical, "m:h1");
+    // A login links the anonymous install to the customer: its key moves.
+    let o = g.observe(&[c("C1"), a("app1")]);
+    assert_eq!(o.canonical, "C1");
+    assert_eq!(o.merges, vec![Merge { from: "a:app1".into(), to: "C1".into() }]);
+    // A call identified in CRM links the phone too.
+    let o = g.observe(&[c("C1"), m("h1")]);
+    assert_eq!(o.merges, vec![Merge { from: "m:h1".into(), to: "C1".into() }]);
+    assert_eq!(g.observe(&[a("app1")]).canonical, "C1");
+    assert_eq!(g.customers(), 1);
+    assert_eq!(g.identifiers(), 3);
+}
+
+#[test]
+fn without_a_customer_id_the_phone_wins_over_the_app() {
+    let mut g = IdentityGraph::new();
+    g.observe(&[a("zzz")]);
+    let o = g.observe(&[a("zzz"), m("h9")]);
+    assert_eq!(o.canonical, "m:h9");
+    assert_eq!(o.merges, vec![Merge { from: "a:zzz".into(), to: "m:h9".into() }]);
+}
+
+#[test]
+fn two_customer_ids_sharing_a_phone_take_the_smaller() {
+    let mut g = IdentityGraph::new();
+    g.observe(&[c("C2"), m("shared")]);
+    let o = g.observe(&[c("C1"), m("shared")]);
+    assert_eq!(o.canonical, "C1");
+    assert_eq!(o.merges, vec![Merge { from: "C2".into(), to: "C1".into() }]);
+}
+
+#[test]
+fn nothing_new_publishes_nothing() {
+    let mut g = IdentityGraph::new();
+    assert!(!g.observe(&[c("C1"), m("h")]).links.is_empty());
+    assert!(g.observe(&[c("C1"), m("h")]).links.is_empty());
+    assert!(g.observe(&[m("h")]).links.is_empty());
+}
+
+#[test]
+fn topic_keys_round_trip() {
+    for id in [c("C1"), m("abc"), a("x:y")] {
+        assert_eq!(Ident::from_topic_key(&id.topic_key()), Some(id.clone()));
+        assert_eq!(ident_of_canonical(&id.canonical_key()), Some(id));
+    }
+}
+
+fn arb_ident() -> impl Strategy<Value = Ident> {
+    (0u8..3, 0u8..12).prop_map(|(k, v)| match k {
+        0 => c(&format!("C{v}")),
+        1 => m(&format!("h{v}")),
+        _ => a(&format!("app{v}")),
+    })
+}
+
+proptest! {
+    #[test]
+    fn any_order_and_a_rebuild_from_links_give_the_batch_canonical_keys(
+        events in proptest::collection::vec(proptest::collection::vec(arb_ident(), 1..4), 1..40),
+        seed in any::<u64>(),
+    ) {
+        let expected = batch_canonical(&events);
+        // Streamed in a shuffled order.
+        let mut order: Vec<usize> = (0..events.len()).collect();
+        let mut s = seed;
+        for i in (1..order.len()).rev() {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            order.swap(i, (s >> 33) as usize % (i + 1));
+        }
+        let mut g = IdentityGraph::new();
+        let mut links = Vec::new();
+        for &i in &order {
+            links.extend(g.observe(&events[i]).links);
+        }
+        for (id, canonical) in &expected {
+            prop_assert_eq!(&g.resolve(id), canonical);
+        }
+        // Another instance rebuilding from the identity topic (compacted: last value per key).
+        let mut compacted: HashMap<String, String> = HashMap::new();
+        for (k, v) in links {
+            compacted.insert(k, v);
+        }
+        let mut rebuilt = IdentityGraph::new();
+        for (k, v) in &compacted {
+            rebuilt.apply_link(k, v);
+        }
+        for (id, canonical) in &expected {
+            prop_assert_eq!(&rebuilt.resolve(id), canonical);
+        }
+    }
+}
