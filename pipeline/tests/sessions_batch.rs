@@ -147,6 +147,12 @@ async fn sessions_in_clickhouse_equal_the_batch_computation() {
 
     let rows: Vec<EventKey> = ch.query("SELECT event_id, customer_id FROM events_current").fetch_all().await.unwrap();
     let got_events: BTreeMap<String, String> = rows.into_iter().map(|r| (r.event_id, r.customer_id)).collect();
+    let wrong: Vec<_> = expected_events
+        .iter()
+        .filter(|(id, c)| got_events.get(*id) != Some(c))
+        .map(|(id, c)| (id, c, got_events.get(id)))
+        .take(10)
+        .collect();
+    assert!(wrong.is_empty(), "events not under their canonical customer (id, expected, got): {wrong:#?}");
     assert_eq!(got_events.len(), expected_events.len(), "every event once");
-    assert_eq!(got_events, expected_events, "every event under its canonical customer");
 }

@@ -3,10 +3,11 @@
 -- (and records it in schema_migrations); the docker-compose ClickHouse service runs the same
 -- files at init through sql/docker-init.sh.
 
--- Every accepted event once (read with FINAL, or through events_current). ReplacingMergeTree
--- collapses a row re-inserted after a crash (same sorting key); when a late identity link
--- moves an event to another customer, the old row gets a tombstone (is_deleted = 1, higher
--- version) and the event is inserted again under its new customer.
+-- Every accepted event once, under its canonical customer (read with FINAL, or through
+-- events_current). Sorted by time for dashboards' time-range scans; the by_customer
+-- projection serves one customer's journey. When a late identity link moves an event to
+-- another customer, it is inserted again with a higher version (how many times it moved), and
+-- ReplacingMergeTree keeps that row; a row re-inserted after a crash is identical and collapses.
 CREATE TABLE IF NOT EXISTS events
 (
     event_id        String,
@@ -24,14 +25,15 @@ CREATE TABLE IF NOT EXISTS events
     agent_id        String,
     region          LowCardinality(String),
     attrs           Map(String, String),
-    version         UInt64,
-    is_deleted      UInt8
+    version         UInt64                  COMMENT 'times the event moved to another customer key',
+    INDEX idx_customer customer_id TYPE bloom_filter GRANULARITY 4,
+    PROJECTION by_customer (SELECT * ORDER BY customer_id, event_time)
 )
-ENGINE = ReplacingMergeTree(version, is_deleted)
+ENGINE = ReplacingMergeTree(version)
 PARTITION BY toYYYYMM(event_time)
-ORDER BY (customer_id, event_time, event_id)
+ORDER BY (event_time, event_id)
 TTL toDateTime(event_time) + INTERVAL 400 DAY
-SETTINGS non_replicated_deduplication_window = 10000;
+SETTINGS non_replicated_deduplication_window = 10000, deduplicate_merge_projection_mode = 'rebuild';
 
 -- One row per emitted session version; the highest version per session_id is current.
 CREATE TABLE IF NOT EXISTS sessions
@@ -62,7 +64,7 @@ SELECT *
 FROM sessions FINAL
 WHERE NOT retracted;
 
--- Exactly the current events: one row per event, under its current canonical customer.
+-- Exactly the current events: one row per event, under its canonical customer.
 CREATE VIEW IF NOT EXISTS events_current AS
 SELECT *
 FROM events FINAL;

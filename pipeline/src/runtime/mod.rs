@@ -136,6 +136,26 @@ pub enum Control {
     },
 }
 
+/// Header counting how many times a keyed record moved to another customer key.
+pub const MOVES_HEADER: &str = "journey.moves";
+
+/// How many times a keyed record moved (0 when it came straight from the stitch stage).
+pub fn moves_of(headers: Option<&rdkafka::message::BorrowedHeaders>) -> u64 {
+    use rdkafka::message::Headers;
+    headers
+        .and_then(|h| h.iter().find(|hd| hd.key == MOVES_HEADER))
+        .and_then(|hd| hd.value)
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A record moved to `to`, one move more than before.
+fn moved_record<'a>(topic: &'a str, to: &'a str, payload: &'a [u8], moves: u64) -> FutureRecord<'a, [u8], [u8]> {
+    let headers = OwnedHeaders::new().insert(Header { key: MOVES_HEADER, value: Some(moves.to_string().as_str()) });
+    FutureRecord::to(topic).key(to.as_bytes()).payload(payload).headers(headers)
+}
+
 /// Reads the control header of a keyed record, if any.
 pub fn control_of(headers: Option<&rdkafka::message::BorrowedHeaders>) -> Option<Control> {
     use rdkafka::message::Headers;
@@ -212,6 +232,7 @@ impl Processor {
         key: Option<&[u8]>,
         payload: &[u8],
         control: Option<Control>,
+        moves: u64,
     ) {
         self.summary.consumed += 1;
         metrics::events_in(1);
@@ -233,7 +254,7 @@ impl Processor {
         let key_str = key.and_then(|k| std::str::from_utf8(k).ok()).unwrap_or("");
         match control {
             Some(Control::Reattribute(to)) => {
-                self.reattribute(producer, partition, offset, key_str, &to);
+                self.reattribute(producer, partition, key_str, &to);
                 return;
             }
             Some(Control::Watermark { raw, of, time }) => {
@@ -250,8 +271,8 @@ impl Processor {
         }
         if let Some((to, _)) = self.partitions.get(&partition).and_then(|st| st.forwards.get(key_str)) {
             // This key was merged into another customer: the event belongs there.
-            let record = FutureRecord::to(&self.cfg.topics.keyed).key(to.as_bytes()).payload(payload);
-            send(&mut self.pending, producer, record);
+            let to = to.clone();
+            send(&mut self.pending, producer, moved_record(&self.cfg.topics.keyed, &to, payload, moves + 1));
             self.summary.forwarded += 1;
             return;
         }
@@ -274,15 +295,22 @@ impl Processor {
         let mut sev = SessionEvent::from_event(&event);
         sev.offset = offset;
         sev.payload = Some(payload.into());
+        sev.moves = moves;
         match st.sessionizer.admit(&customer, sev, &mut self.sessions) {
             Admission::Accepted => {
                 let hash = event.msisdn.as_deref().map(|m| self.pseudo.hash(m)).unwrap_or_default();
-                self.event_rows.push(EventRow::new(&event, &customer, hash, version_at(offset) as u64));
+                self.event_rows.push(EventRow::new(&event, &customer, hash, moves));
                 self.summary.accepted += 1;
             }
             Admission::Duplicate => {
                 metrics::duplicates_dropped(1);
                 self.summary.duplicates += 1;
+                if moves > 0 {
+                    // A moved copy supersedes the rows of the keys it moved from, even when
+                    // this key already had the event (a duplicate that was keyed here directly).
+                    let hash = event.msisdn.as_deref().map(|m| self.pseudo.hash(m)).unwrap_or_default();
+                    self.event_rows.push(EventRow::new(&event, &customer, hash, moves));
+                }
             }
             Admission::TooLate => {
                 metrics::events_late(1);
@@ -297,26 +325,19 @@ impl Processor {
         }
     }
 
-    /// Moves `from`'s state to `to`: retracts its sessions, tombstones its rows in `events`,
-    /// re-publishes its retained events under `to`, and forwards later records for `from`.
-    fn reattribute(&mut self, producer: &FutureProducer, partition: i32, offset: i64, from: &str, to: &str) {
+    /// Moves `from`'s state to `to`: retracts its sessions, re-publishes its retained events
+    /// under `to` (one move more, so their new `events` rows replace the old ones), and
+    /// forwards later records for `from`.
+    fn reattribute(&mut self, producer: &FutureProducer, partition: i32, from: &str, to: &str) {
         if from.is_empty() || from == to {
             return;
         }
         let st = self.partitions.get_mut(&partition).expect("created by handle");
         st.forwards.insert(from.to_string(), (to.to_string(), st.max_event_time));
         let events = st.sessionizer.take_customer(from, &mut self.sessions);
-        let tombstone_version = version_at(offset) as u64 + 1;
         for e in &events {
             let Some(payload) = &e.payload else { continue };
-            if let Ok(d) = self.codec.decode_event(payload) {
-                let hash = d.value.msisdn.as_deref().map(|m| self.pseudo.hash(m)).unwrap_or_default();
-                let mut row = EventRow::new(&d.value, from, hash, tombstone_version);
-                row.is_deleted = 1;
-                self.event_rows.push(row);
-            }
-            let record = FutureRecord::to(&self.cfg.topics.keyed).key(to.as_bytes()).payload(&payload[..]);
-            send(&mut self.pending, producer, record);
+            send(&mut self.pending, producer, moved_record(&self.cfg.topics.keyed, to, payload, e.moves + 1));
             self.summary.forwarded += 1;
         }
         self.summary.reattributed += 1;
@@ -456,7 +477,8 @@ pub async fn process(
                 let msg = msg?;
                 last_record = Instant::now();
                 let control = control_of(msg.headers());
-                proc.handle(&producer, msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.payload().unwrap_or(&[]), control);
+                let moves = moves_of(msg.headers());
+                proc.handle(&producer, msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.payload().unwrap_or(&[]), control, moves);
             }
             _ = tick.tick() => {}
             _ = &mut shutdown => {

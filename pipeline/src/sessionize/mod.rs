@@ -48,6 +48,8 @@ pub struct SessionEvent {
     pub offset: i64,
     /// The original record, kept so a re-attribution can re-publish it under the new key.
     pub payload: Option<Arc<[u8]>>,
+    /// How many times the record already moved to another customer key.
+    pub moves: u64,
 }
 
 impl SessionEvent {
@@ -61,6 +63,7 @@ impl SessionEvent {
             assisted: e.event_type == "contact.start",
             offset: 0,
             payload: None,
+            moves: 0,
         }
     }
 

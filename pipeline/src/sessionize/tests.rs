@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 const P: SessionParams = SessionParams { gap_ms: 30 * 60_000, max_duration_ms: 4 * 3_600_000, horizon_ms: 24 * 3_600_000 };
 
 fn ev(time: i64, id: &str, channel: Channel) -> SessionEvent {
-    SessionEvent { time, id: id.into(), channel, topic: None, assisted: false, offset: 0, payload: None }
+    SessionEvent { time, id: id.into(), channel, topic: None, assisted: false, offset: 0, payload: None, moves: 0 }
 }
 
 /// Latest version of every session id, non-retracted, version cleared: the "final state".
@@ -126,7 +126,7 @@ proptest! {
         let base = 1_700_000_000_000i64;
         // Event ids are unique (a random prefix shuffles the order of ties in time).
         let events: Vec<(String, SessionEvent)> = raw.iter().enumerate().map(|(i, &(c, m, id, ch))| {
-            (format!("c:{c}"), SessionEvent { time: base + m * 60_000, id: format!("{id:05}-{i:03}").into(), channel: Channel::ALL[ch as usize], topic: None, assisted: ch == 5, offset: 0, payload: None })
+            (format!("c:{c}"), SessionEvent { time: base + m * 60_000, id: format!("{id:05}-{i:03}").into(), channel: Channel::ALL[ch as usize], topic: None, assisted: ch == 5, offset: 0, payload: None, moves: 0 })
         }).collect();
         // Arrival order: event time plus a random delay of up to 20 hours (within the 24 h horizon).
         let mut arrival: Vec<usize> = (0..events.len()).collect();

@@ -45,10 +45,8 @@ pub struct EventRow {
     pub region: String,
     /// Attributes.
     pub attrs: Vec<(String, String)>,
-    /// Version: the highest per (customer_id, event_time, event_id) wins.
+    /// Version: how many times the event moved to another customer key (the highest wins).
     pub version: u64,
-    /// 1 on a tombstone: the event moved to another customer key.
-    pub is_deleted: u8,
 }
 
 impl EventRow {
@@ -72,7 +70,6 @@ impl EventRow {
             region: s(&e.region),
             attrs: e.attrs.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             version,
-            is_deleted: 0,
         }
     }
 }
