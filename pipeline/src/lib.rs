@@ -47,6 +47,9 @@ pub enum Error {
     /// The contract (schemas, registry) failed.
     #[error(transparent)]
     Contract(#[from] journey_schemas::ContractError),
+    /// Processor state could not be restored from its changelog; retrying may help.
+    #[error("state restore: {0}")]
+    Restore(String),
     /// A required secret is missing from the environment.
     #[error("missing environment variable {0}: {1}")]
     MissingSecret(&'static str, &'static str),
@@ -56,7 +59,7 @@ impl Error {
     /// Whether retrying later can help.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Kafka(_) => true,
+            Error::Kafka(_) | Error::Restore(_) => true,
             Error::Query(e) | Error::ClickHouse { source: e, .. } => sink::clickhouse::is_transient(e),
             Error::Contract(e) => e.is_retryable(),
             Error::Config(_) | Error::Migration { .. } | Error::MissingSecret(..) => false,

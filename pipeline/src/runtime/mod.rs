@@ -13,6 +13,7 @@
 //! work is a few microseconds, so the loop yields to the runtime between messages.
 
 pub mod http;
+pub mod state;
 pub mod stitch;
 
 use crate::config::Config;
@@ -101,9 +102,25 @@ struct PartitionState {
     /// Latest watermark of each raw partition, and how many raw partitions there are.
     upstream: HashMap<i32, i64>,
     upstream_count: usize,
+    /// Forwarding pointers added or dropped since the last checkpoint.
+    forwards_dirty: std::collections::HashSet<String>,
 }
 
 impl PartitionState {
+    fn new(params: SessionParams, offset: i64) -> PartitionState {
+        PartitionState {
+            sessionizer: Sessionizer::new(params),
+            next_offset: offset,
+            committed: -1,
+            max_event_time: i64::MIN,
+            last_event_wall: Instant::now(),
+            forwards: HashMap::new(),
+            upstream: HashMap::new(),
+            upstream_count: 0,
+            forwards_dirty: std::collections::HashSet::new(),
+        }
+    }
+
     /// The event-time watermark: the minimum over every raw partition's watermark, or none
     /// until all of them have reported.
     fn watermark(&self) -> Option<i64> {
@@ -237,16 +254,7 @@ impl Processor {
         self.summary.consumed += 1;
         metrics::events_in(1);
         let params = self.params;
-        let st = self.partitions.entry(partition).or_insert_with(|| PartitionState {
-            sessionizer: Sessionizer::new(params),
-            next_offset: offset,
-            committed: -1,
-            max_event_time: i64::MIN,
-            last_event_wall: Instant::now(),
-            forwards: HashMap::new(),
-            upstream: HashMap::new(),
-            upstream_count: 0,
-        });
+        let st = self.partitions.entry(partition).or_insert_with(|| PartitionState::new(params, offset));
         // Committed offsets name the next record to read, hence +1.
         st.next_offset = offset + 1;
         st.sessionizer.set_version_floor(version_at(offset));
@@ -334,6 +342,7 @@ impl Processor {
         }
         let st = self.partitions.get_mut(&partition).expect("created by handle");
         st.forwards.insert(from.to_string(), (to.to_string(), st.max_event_time));
+        st.forwards_dirty.insert(from.to_string());
         let events = st.sessionizer.take_customer(from, &mut self.sessions);
         for e in &events {
             let Some(payload) = &e.payload else { continue };
@@ -385,20 +394,83 @@ impl Processor {
         let horizon = self.params.horizon_ms;
         for st in self.partitions.values_mut() {
             let wm = st.sessionizer.watermark();
-            st.forwards.retain(|_, (_, at)| at.saturating_add(horizon) >= wm);
+            let expired: Vec<String> = st.forwards.iter().filter(|(_, (_, at))| at.saturating_add(horizon) < wm).map(|(k, _)| k.clone()).collect();
+            for k in expired {
+                st.forwards.remove(&k);
+                st.forwards_dirty.insert(k);
+            }
+        }
+        // Checkpoint: the changelog gets every changed customer, pointer and clock; only once
+        // it is acknowledged may the input offsets move.
+        let state_topic = self.cfg.topics.state.clone();
+        let mut acks = Vec::new();
+        for (&p, st) in &mut self.partitions {
+            for key in st.sessionizer.take_dirty() {
+                let k = format!("{}{key}", state::CUSTOMER_PREFIX);
+                let value = st.sessionizer.snapshot(&key).map(|snap| state::encode_customer(&self.codec, &snap));
+                let mut record = FutureRecord::to(&state_topic).partition(p).key(k.as_bytes());
+                if let Some(v) = &value {
+                    record = record.payload(&v[..]);
+                }
+                send(&mut acks, producer, record);
+            }
+            for from in std::mem::take(&mut st.forwards_dirty) {
+                let k = format!("{}{from}", state::FORWARD_PREFIX);
+                let value = st.forwards.get(&from).map(|(to, at)| format!("{to}\n{at}"));
+                let mut record = FutureRecord::to(&state_topic).partition(p).key(k.as_bytes());
+                if let Some(v) = &value {
+                    record = record.payload(v.as_bytes());
+                }
+                send(&mut acks, producer, record);
+            }
+            let meta = state::Meta {
+                watermark: st.sessionizer.watermark(),
+                max_event_time: st.max_event_time,
+                upstream: st.upstream.iter().map(|(a, b)| (*a, *b)).collect(),
+                upstream_count: st.upstream_count,
+            };
+            let bytes = state::encode_meta(&meta);
+            send(&mut acks, producer, FutureRecord::to(&state_topic).partition(p).key(state::META_KEY.as_bytes()).payload(&bytes[..]));
+        }
+        for f in acks {
+            match f.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => return Err(Error::Kafka(e)),
+                Err(_) => return Err(Error::Kafka(rdkafka::error::KafkaError::Canceled)),
+            }
         }
         let mut tpl = TopicPartitionList::new();
         for (&p, st) in &mut self.partitions {
-            let safe = match st.sessionizer.min_pending_offset() {
-                Some(o) => o.min(st.next_offset),
-                None => st.next_offset,
-            };
-            if safe > st.committed {
-                tpl.add_partition_offset(&self.cfg.topics.keyed, p, Offset::Offset(safe))?;
-                st.committed = safe;
+            if st.next_offset > st.committed {
+                tpl.add_partition_offset(&self.cfg.topics.keyed, p, Offset::Offset(st.next_offset))?;
+                st.committed = st.next_offset;
             }
         }
         Ok(tpl)
+    }
+
+    /// Whether this instance holds state for `partition`.
+    pub fn has_partition(&self, partition: i32) -> bool {
+        self.partitions.contains_key(&partition)
+    }
+
+    /// Restores `partition` from its changelog (a partition newly assigned to this instance).
+    pub fn restore_partition(&mut self, producer: &FutureProducer, partition: i32) -> Result<u64, Error> {
+        let started = Instant::now();
+        let restored = state::restore(&self.cfg, &self.codec, producer, partition)?;
+        let records = restored.records;
+        let mut st = PartitionState::new(self.params, 0);
+        st.sessionizer.restore_watermark(restored.meta.watermark);
+        st.max_event_time = restored.meta.max_event_time;
+        st.upstream = restored.meta.upstream.into_iter().collect();
+        st.upstream_count = restored.meta.upstream_count;
+        st.forwards = restored.forwards;
+        for snap in restored.customers {
+            st.sessionizer.restore(snap, &mut self.sessions);
+        }
+        tracing::info!(partition, records, customers = st.sessionizer.customers(), ms = started.elapsed().as_millis() as u64, "partition state restored");
+        self.partitions.insert(partition, st);
+        Ok(records)
     }
 
     /// Drops the state of partitions this instance no longer owns.
@@ -476,6 +548,10 @@ pub async fn process(
             msg = consumer.recv() => {
                 let msg = msg?;
                 last_record = Instant::now();
+                if !proc.has_partition(msg.partition()) {
+                    let p = msg.partition();
+                    tokio::task::block_in_place(|| proc.restore_partition(&producer, p))?;
+                }
                 let control = control_of(msg.headers());
                 let moves = moves_of(msg.headers());
                 proc.handle(&producer, msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.payload().unwrap_or(&[]), control, moves);

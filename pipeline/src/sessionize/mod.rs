@@ -185,6 +185,17 @@ struct CustomerState {
 /// Output of the sessionizer.
 pub type SessionOut = Session;
 
+/// Everything the sessionizer keeps for one customer, for checkpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CustomerSnapshot {
+    /// Canonical customer key.
+    pub key: String,
+    /// Retained events, sorted by (time, id).
+    pub events: Vec<SessionEvent>,
+    /// Last emitted record of each session id (tombstones included).
+    pub emitted: Vec<Session>,
+}
+
 /// The per-partition sessionizer (see the module docs for its semantics and bounds).
 #[derive(Debug)]
 pub struct Sessionizer {
@@ -194,9 +205,11 @@ pub struct Sessionizer {
     free: Vec<usize>,
     timers: BTreeSet<(i64, usize)>,
     watermark: i64,
-    /// Lowest version a new emission may carry (the runtime sets it from the wall clock, so
-    /// versions also grow across restarts).
+    /// Lowest version a new emission may carry (the runtime derives it from input offsets,
+    /// so versions are deterministic and grow across restarts).
     version_floor: i64,
+    /// Customers whose state changed since the last [`Sessionizer::take_dirty`].
+    dirty: std::collections::HashSet<String>,
 }
 
 impl Sessionizer {
@@ -210,7 +223,64 @@ impl Sessionizer {
             timers: BTreeSet::new(),
             watermark: i64::MIN,
             version_floor: 1,
+            dirty: std::collections::HashSet::new(),
         }
+    }
+
+    /// Keys whose state changed since the last call (checkpointing), and forgets them.
+    pub fn take_dirty(&mut self) -> Vec<String> {
+        self.dirty.drain().collect()
+    }
+
+    /// A customer's state, if it has any.
+    pub fn snapshot(&self, customer: &str) -> Option<CustomerSnapshot> {
+        let c = &self.customers[*self.index.get(customer)?];
+        let mut emitted: Vec<Session> = c.emitted.values().cloned().collect();
+        emitted.sort_by(|a, b| a.session_id.cmp(&b.session_id));
+        Some(CustomerSnapshot { key: c.key.clone(), events: c.events.clone(), emitted })
+    }
+
+    /// Restores a customer's state from a checkpoint (replacing any it had), then re-arms its
+    /// timer; anything the restored watermark already closes but was not emitted goes to `out`.
+    pub fn restore(&mut self, snap: CustomerSnapshot, out: &mut Vec<Session>) {
+        let mut discard = Vec::new();
+        self.take_customer_quietly(&snap.key, &mut discard);
+        let idx = self.slot_for(&snap.key);
+        let c = &mut self.customers[idx];
+        c.pending_offset = None;
+        c.events = snap.events;
+        c.emitted = snap.emitted.into_iter().map(|s| (s.session_id.clone(), s)).collect();
+        self.reconcile(idx, out);
+        self.dirty.remove(&snap.key);
+    }
+
+    /// Sets the watermark without emitting (restoring a checkpoint).
+    pub fn restore_watermark(&mut self, watermark: i64) {
+        self.watermark = watermark;
+    }
+
+    fn take_customer_quietly(&mut self, customer: &str, out: &mut Vec<Session>) {
+        let _ = self.take_customer(customer, out);
+        self.dirty.remove(customer);
+    }
+
+    fn slot_for(&mut self, customer: &str) -> usize {
+        if let Some(&i) = self.index.get(customer) {
+            return i;
+        }
+        let state = CustomerState { key: customer.to_string(), ..Default::default() };
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.customers[i] = state;
+                i
+            }
+            None => {
+                self.customers.push(state);
+                self.customers.len() - 1
+            }
+        };
+        self.index.insert(customer.to_string(), i);
+        i
     }
 
     /// Current watermark.
@@ -249,28 +319,14 @@ impl Sessionizer {
         if self.watermark != i64::MIN && ev.time < self.watermark.saturating_sub(self.params.horizon_ms) {
             return Admission::TooLate;
         }
-        let idx = match self.index.get(customer) {
-            Some(&i) => i,
-            None => {
-                let state = CustomerState { key: customer.to_string(), ..Default::default() };
-                let i = match self.free.pop() {
-                    Some(i) => {
-                        self.customers[i] = state;
-                        i
-                    }
-                    None => {
-                        self.customers.push(state);
-                        self.customers.len() - 1
-                    }
-                };
-                self.index.insert(customer.to_string(), i);
-                i
+        if let Some(&i) = self.index.get(customer) {
+            if self.customers[i].events.iter().any(|e| e.id == ev.id) {
+                return Admission::Duplicate;
             }
-        };
-        let c = &mut self.customers[idx];
-        if c.events.iter().any(|e| e.id == ev.id) {
-            return Admission::Duplicate;
         }
+        let idx = self.slot_for(customer);
+        self.dirty.insert(customer.to_string());
+        let c = &mut self.customers[idx];
         let late = ev.time < self.watermark;
         c.pending_offset = Some(c.pending_offset.map_or(ev.offset, |o| o.min(ev.offset)));
         // In-order events append; out-of-order ones are inserted in place.
@@ -312,6 +368,7 @@ impl Sessionizer {
         let wm = self.watermark;
         let floor = self.version_floor;
         let c = &mut self.customers[idx];
+        self.dirty.insert(c.key.clone());
         let ranges = cut_sessions(&c.events, &p);
         let mut live_ids = Vec::with_capacity(ranges.len());
         let mut next_deadline: Option<i64> = None;
@@ -417,6 +474,7 @@ impl Sessionizer {
     /// caller re-publishes under the new key.
     pub fn take_customer(&mut self, customer: &str, out: &mut Vec<Session>) -> Vec<SessionEvent> {
         let Some(idx) = self.index.remove(customer) else { return Vec::new() };
+        self.dirty.insert(customer.to_string());
         let floor = self.version_floor;
         let state = std::mem::take(&mut self.customers[idx]);
         if let Some(t) = state.timer {
