@@ -73,6 +73,10 @@ impl ClickHouseConfig {
 pub struct ProcessConfig {
     /// Consumer group of `journey process` instances.
     pub group_id: String,
+    /// Static group membership id of this instance (e.g. its host or pod name). A restarted
+    /// instance with the same id takes its partitions back at once, without a rebalance or
+    /// waiting for its old session to expire. Must be unique per running instance.
+    pub instance_id: Option<String>,
     /// Largest gap between consecutive events of one session.
     #[serde(with = "serde_duration")]
     pub gap: Duration,
@@ -101,6 +105,7 @@ impl Default for ProcessConfig {
     fn default() -> Self {
         ProcessConfig {
             group_id: "journey-process".into(),
+            instance_id: None,
             gap: Duration::from_secs(30 * 60),
             max_duration: Duration::from_secs(24 * 3600),
             allowed_lateness: Duration::from_secs(5 * 60),

@@ -257,6 +257,7 @@ impl Processor {
         let st = self.partitions.entry(partition).or_insert_with(|| PartitionState::new(params, offset));
         // Committed offsets name the next record to read, hence +1.
         st.next_offset = offset + 1;
+        st.last_event_wall = Instant::now();
         st.sessionizer.set_version_floor(version_at(offset));
         let origin = || format!("{topic}/{partition}/{offset}");
         let key_str = key.and_then(|k| std::str::from_utf8(k).ok()).unwrap_or("");
@@ -351,6 +352,23 @@ impl Processor {
         }
         self.summary.reattributed += 1;
         tracing::debug!(events = events.len(), "customer key re-attributed");
+    }
+
+    /// Closes the sessions of partitions that received nothing at all (no event, no upstream
+    /// watermark) for `idle_timeout` of wall-clock time: their watermark passes every event
+    /// seen by `gap`, so no session waits for an event that may never come. (While the stitch
+    /// stage runs with data it sends watermarks every flush, so this only fires when upstream
+    /// is silent, e.g. after a restart on a drained topic.)
+    pub fn on_idle_tick(&mut self) {
+        let idle = self.cfg.process.idle_timeout;
+        let gap = self.params.gap_ms;
+        for st in self.partitions.values_mut() {
+            if st.last_event_wall.elapsed() >= idle && st.sessionizer.has_open_sessions() && st.max_event_time != i64::MIN {
+                st.sessionizer.set_version_floor(version_at(st.next_offset));
+                let wm = st.max_event_time.saturating_add(gap).saturating_add(1);
+                st.sessionizer.advance(wm, &mut self.sessions);
+            }
+        }
     }
 
     /// Rows and records buffered since the last flush.
@@ -513,7 +531,7 @@ pub fn consumer_config(cfg: &Config) -> rdkafka::ClientConfig {
         // Short session timeout: fast failover, and some brokers delay a first join by half of it.
         .set("session.timeout.ms", "6000")
         .set("heartbeat.interval.ms", "1500")
-        .set("max.poll.interval.ms", "600000")
+        .set("max.poll.interval.ms", "60000")
         .set("fetch.wait.max.ms", "100");
     for (k, v) in &cfg.kafka.properties {
         c.set(k, v);
@@ -530,7 +548,11 @@ pub async fn process(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<ProcessSummary, Error> {
     let log = RebalanceLog::default();
-    let consumer: StreamConsumer<RebalanceLog> = consumer_config(&cfg).create_with_context(log.clone())?;
+    let mut ccfg = consumer_config(&cfg);
+    if let Some(id) = &cfg.process.instance_id {
+        ccfg.set("group.instance.id", format!("{id}-process"));
+    }
+    let consumer: StreamConsumer<RebalanceLog> = ccfg.create_with_context(log.clone())?;
     consumer.subscribe(&[&cfg.topics.keyed])?;
     let producer: FutureProducer = cfg.kafka.producer_config().create()?;
     let sink = ClickHouseSink::new(client(&cfg.clickhouse), Backoff::default(), true);
@@ -540,6 +562,7 @@ pub async fn process(
     let mut proc = Processor::new(cfg, codec, pseudo);
     let mut last_flush = Instant::now();
     let mut last_record = Instant::now();
+    let mut last_waiting_log = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     tokio::pin!(shutdown);
     tracing::info!(topic = %raw_topic, "processor started");
@@ -556,16 +579,21 @@ pub async fn process(
                 let moves = moves_of(msg.headers());
                 proc.handle(&producer, msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.payload().unwrap_or(&[]), control, moves);
             }
-            _ = tick.tick() => {}
+            _ = tick.tick() => proc.on_idle_tick(),
             _ = &mut shutdown => {
                 tracing::info!("shutdown requested: flushing");
                 break;
             }
         }
-        let revoked: Vec<i32> = match log.0.lock() {
-            Ok(mut l) => l.drain(..).filter(|(assigned, _)| !assigned).flat_map(|(_, ps)| ps).collect(),
-            Err(_) => Vec::new(),
+        let (assigned, revoked): (Vec<_>, Vec<_>) = match log.0.lock() {
+            Ok(mut l) => l.drain(..).partition(|(assigned, _)| *assigned),
+            Err(_) => (Vec::new(), Vec::new()),
         };
+        if !assigned.is_empty() {
+            // A (re)assignment restarts the idle clock: records may now flow again.
+            last_record = Instant::now();
+        }
+        let revoked: Vec<i32> = revoked.into_iter().flat_map(|(_, ps)| ps).collect();
         if !revoked.is_empty() || proc.buffered() >= max_rows || last_flush.elapsed() >= flush_every {
             let tpl = proc.flush(&sink, &producer).await?;
             if tpl.count() > 0 {
@@ -578,9 +606,15 @@ pub async fn process(
         }
         if let Some(idle) = opts.exit_when_idle {
             let upstream_done = opts.upstream_done.as_ref().is_none_or(|f| f.load(std::sync::atomic::Ordering::SeqCst));
-            if upstream_done && last_record.elapsed() >= idle && !proc.has_open_sessions() && proc.buffered() == 0 {
+            let has_partitions = consumer.assignment().map(|a| a.count() > 0).unwrap_or(false);
+            let open = proc.has_open_sessions();
+            if upstream_done && has_partitions && last_record.elapsed() >= idle && !open && proc.buffered() == 0 {
                 tracing::info!("idle and fully flushed: exiting");
                 break;
+            }
+            if last_waiting_log.elapsed() >= Duration::from_secs(5) && last_record.elapsed() >= idle {
+                last_waiting_log = Instant::now();
+                tracing::info!(upstream_done, has_partitions, open_sessions = open, buffered = proc.buffered(), "idle, waiting before exit");
             }
         }
     }

@@ -127,6 +127,9 @@ pub async fn stitch(
 
     let mut ccfg = super::consumer_config(&cfg);
     ccfg.set("group.id", format!("{}-stitch", cfg.process.group_id));
+    if let Some(id) = &cfg.process.instance_id {
+        ccfg.set("group.instance.id", format!("{id}-stitch"));
+    }
     let consumer: StreamConsumer = ccfg.create()?;
     consumer.subscribe(&[&cfg.topics.raw])?;
     let limits = Limits::default();
@@ -216,7 +219,11 @@ pub async fn stitch(
             last_flush = Instant::now();
         }
         if let Some(idle) = opts.exit_when_idle {
-            if last_record.elapsed() >= idle && pending.is_empty() {
+            let owned = consumer.assignment().map(|a| a.count()).unwrap_or(0);
+            if owned == 0 {
+                // Not assigned yet (a rebalance may wait for a dead member's session to expire).
+                last_record = Instant::now();
+            } else if last_record.elapsed() >= idle && pending.is_empty() {
                 break;
             }
         }

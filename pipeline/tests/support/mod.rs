@@ -26,3 +26,187 @@ pub fn test_config(brokers: &str) -> Config {
 pub fn pseudonymizer() -> Pseudonymizer {
     Pseudonymizer::new(b"integration-test-key-0123456789").unwrap()
 }
+
+use journey_connectors::generator::{Generated, Generator, GeneratorConfig};
+use journey_connectors::publish::BulkPublisher;
+use journey_pipeline::sessionize::{batch_sessions, SessionEvent, SessionParams};
+use journey_pipeline::stitch::{identifiers, IdentityGraph};
+use journey_schemas::{ChannelEvent, Codec};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// The comparable part of a session.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, clickhouse::Row, serde::Deserialize)]
+pub struct SessionKey {
+    pub session_id: String,
+    pub customer_id: String,
+    pub start_time: i64,
+    pub end_time: i64,
+    pub event_count: u32,
+    pub path: String,
+}
+
+#[derive(Debug, clickhouse::Row, serde::Deserialize)]
+struct EventKey {
+    event_id: String,
+    customer_id: String,
+}
+
+/// Sessions and event owners, as a batch computation or as read from ClickHouse.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    pub sessions: BTreeSet<SessionKey>,
+    pub events: BTreeMap<String, String>,
+}
+
+/// Publishes a generated data set (valid events and duplicates) and returns the valid events.
+pub fn publish_generated(cfg: &Config, gen: GeneratorConfig) -> Vec<ChannelEvent> {
+    let mut publisher = BulkPublisher::new(&cfg.kafka, Codec::from_manifest().unwrap(), &cfg.topics.raw, &cfg.topics.dlq).unwrap();
+    let mut events = Vec::new();
+    for g in Generator::new(gen, journey_connectors::now_ms()) {
+        match g {
+            Generated::Event(e) => {
+                publisher.send_event(&e).unwrap();
+                events.push(e);
+            }
+            Generated::Duplicate(e) => publisher.send_event(&e).unwrap(),
+            Generated::Malformed { key, payload, .. } => publisher.send_raw(key.as_bytes(), &payload).unwrap(),
+        }
+    }
+    publisher.finish(Duration::from_secs(60)).unwrap();
+    events
+}
+
+/// The batch computation: identities over all events, then sessions per canonical customer.
+pub fn expected(cfg: &Config, events: &[ChannelEvent]) -> Outcome {
+    let pseudo = pseudonymizer();
+    let mut graph = IdentityGraph::new();
+    let ids: Vec<_> = events.iter().map(|e| identifiers(e, &pseudo)).collect();
+    for i in &ids {
+        graph.observe(i);
+    }
+    let mut by_customer: HashMap<String, Vec<SessionEvent>> = HashMap::new();
+    let mut out = Outcome::default();
+    for (e, i) in events.iter().zip(&ids) {
+        let c = graph.resolve(&i[0]);
+        out.events.insert(e.event_id.clone(), c.clone());
+        by_customer.entry(c).or_default().push(SessionEvent::from_event(e));
+    }
+    let p = &cfg.process;
+    let params = SessionParams {
+        gap_ms: p.gap.as_millis() as i64,
+        max_duration_ms: p.max_duration.as_millis() as i64,
+        horizon_ms: p.correction_horizon.as_millis() as i64,
+    };
+    for (c, evs) in &by_customer {
+        for s in batch_sessions(c, evs, &params) {
+            out.sessions.insert(SessionKey {
+                session_id: s.session_id,
+                customer_id: s.customer_id,
+                start_time: s.start_time,
+                end_time: s.end_time,
+                event_count: s.event_count as u32,
+                path: s.path,
+            });
+        }
+    }
+    out
+}
+
+/// What ClickHouse holds now (current sessions, current events).
+pub async fn in_clickhouse(cfg: &Config) -> Outcome {
+    let ch = journey_pipeline::sink::clickhouse::client(&cfg.clickhouse);
+    let sessions = ch
+        .query("SELECT session_id, customer_id, start_time, end_time, event_count, path FROM sessions_current")
+        .fetch_all::<SessionKey>()
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    let rows: Vec<EventKey> = ch.query("SELECT event_id, customer_id FROM events_current").fetch_all().await.unwrap();
+    let events = rows.into_iter().map(|r| (r.event_id, r.customer_id)).collect();
+    Outcome { sessions, events }
+}
+
+/// Asserts two outcomes are equal, showing a few differences when not.
+pub fn assert_same(expected: &Outcome, got: &Outcome) {
+    let missing: Vec<_> = expected.sessions.difference(&got.sessions).take(5).collect();
+    let extra: Vec<_> = got.sessions.difference(&expected.sessions).take(5).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{} sessions expected, {} in ClickHouse\nmissing: {missing:#?}\nextra: {extra:#?}",
+        expected.sessions.len(),
+        got.sessions.len()
+    );
+    let wrong: Vec<_> = expected.events.iter().filter(|(id, c)| got.events.get(*id) != Some(c)).map(|(id, c)| (id, c, got.events.get(id))).take(10).collect();
+    assert!(wrong.is_empty(), "events not under their canonical customer (id, expected, got): {wrong:#?}");
+    assert_eq!(got.events.len(), expected.events.len(), "every event once");
+}
+
+/// Environment for a `journey` child process running with `cfg`.
+pub fn child_env(cfg: &Config) -> Vec<(String, String)> {
+    let t = &cfg.topics;
+    let p = &cfg.process;
+    let d = |d: Duration| format!("{}ms", d.as_millis());
+    [
+        ("JOURNEY__KAFKA__BROKERS", cfg.kafka.brokers.clone()),
+        ("JOURNEY__TOPICS__RAW", t.raw.clone()),
+        ("JOURNEY__TOPICS__DLQ", t.dlq.clone()),
+        ("JOURNEY__TOPICS__SESSIONS", t.sessions.clone()),
+        ("JOURNEY__TOPICS__SCENARIOS", t.scenarios.clone()),
+        ("JOURNEY__TOPICS__LATE", t.late.clone()),
+        ("JOURNEY__TOPICS__KEYED", t.keyed.clone()),
+        ("JOURNEY__TOPICS__IDENTITY", t.identity.clone()),
+        ("JOURNEY__TOPICS__STATE", t.state.clone()),
+        ("JOURNEY__TOPICS__PARTITIONS", t.partitions.to_string()),
+        ("JOURNEY__CLICKHOUSE__URL", cfg.clickhouse.url.clone()),
+        ("JOURNEY__CLICKHOUSE__DATABASE", cfg.clickhouse.database.clone()),
+        ("JOURNEY__PROCESS__GROUP_ID", p.group_id.clone()),
+        ("JOURNEY__PROCESS__INSTANCE_ID", p.instance_id.clone().unwrap_or_default()),
+        ("JOURNEY__PROCESS__IDLE_TIMEOUT", d(p.idle_timeout)),
+        ("JOURNEY__PROCESS__FLUSH_INTERVAL", d(p.flush_interval)),
+        ("JOURNEY__PROCESS__CORRECTION_HORIZON", d(p.correction_horizon)),
+        ("JOURNEY__PROCESS__MAX_BATCH_ROWS", p.max_batch_rows.to_string()),
+        ("JOURNEY__PROCESS__METRICS_ADDR", "\"\"".to_string()),
+        ("JOURNEY_PII_KEY", "integration-test-key-0123456789".to_string()),
+        ("RUST_LOG", "warn,journey_pipeline=info".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// Starts `journey process` (this package's binary) with `cfg`, from an empty working
+/// directory so no config file is picked up.
+pub fn spawn_process(cfg: &Config, extra_args: &[&str]) -> std::process::Child {
+    let dir = std::env::temp_dir().join(unique("journey-child"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::process::Command::new(env!("CARGO_BIN_EXE_journey"))
+        .arg("process")
+        .args(extra_args)
+        .current_dir(&dir)
+        .envs(child_env(cfg))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn journey process")
+}
+
+/// Rows in `events` now (any version).
+pub async fn event_rows(cfg: &Config) -> u64 {
+    let ch = journey_pipeline::sink::clickhouse::client(&cfg.clickhouse);
+    ch.query("SELECT count() FROM events").fetch_one::<u64>().await.unwrap_or(0)
+}
+
+/// Waits for a child to exit, failing after `timeout`.
+pub async fn wait_exit(child: &mut std::process::Child, timeout: Duration) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("journey process did not exit within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
