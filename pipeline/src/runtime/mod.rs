@@ -549,7 +549,7 @@ pub async fn process(
 ) -> Result<ProcessSummary, Error> {
     let log = RebalanceLog::default();
     let mut ccfg = consumer_config(&cfg);
-    if let Some(id) = &cfg.process.instance_id {
+    if let Some(id) = cfg.process.instance_id.as_deref().filter(|s| !s.is_empty()) {
         ccfg.set("group.instance.id", format!("{id}-process"));
     }
     let consumer: StreamConsumer<RebalanceLog> = ccfg.create_with_context(log.clone())?;

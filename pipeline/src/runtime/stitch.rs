@@ -127,7 +127,7 @@ pub async fn stitch(
 
     let mut ccfg = super::consumer_config(&cfg);
     ccfg.set("group.id", format!("{}-stitch", cfg.process.group_id));
-    if let Some(id) = &cfg.process.instance_id {
+    if let Some(id) = cfg.process.instance_id.as_deref().filter(|s| !s.is_empty()) {
         ccfg.set("group.instance.id", format!("{id}-stitch"));
     }
     let consumer: StreamConsumer = ccfg.create()?;

@@ -161,7 +161,6 @@ pub fn child_env(cfg: &Config) -> Vec<(String, String)> {
         ("JOURNEY__CLICKHOUSE__URL", cfg.clickhouse.url.clone()),
         ("JOURNEY__CLICKHOUSE__DATABASE", cfg.clickhouse.database.clone()),
         ("JOURNEY__PROCESS__GROUP_ID", p.group_id.clone()),
-        ("JOURNEY__PROCESS__INSTANCE_ID", p.instance_id.clone().unwrap_or_default()),
         ("JOURNEY__PROCESS__IDLE_TIMEOUT", d(p.idle_timeout)),
         ("JOURNEY__PROCESS__FLUSH_INTERVAL", d(p.flush_interval)),
         ("JOURNEY__PROCESS__CORRECTION_HORIZON", d(p.correction_horizon)),
@@ -172,6 +171,7 @@ pub fn child_env(cfg: &Config) -> Vec<(String, String)> {
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
+    .chain(p.instance_id.clone().map(|id| ("JOURNEY__PROCESS__INSTANCE_ID".to_string(), id)))
     .collect()
 }
 
