@@ -15,7 +15,8 @@ fn reject(code: &'static str, detail: impl Into<String>) -> Rejection {
     Rejection { code, detail: detail.into() }
 }
 
-const FIELDS: [&str; 14] = [
+/// The contract's field names accepted in JSON events.
+pub const FIELDS: [&str; 14] = [
     "event_id",
     "event_time",
     "ingest_time",

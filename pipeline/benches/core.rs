@@ -1,5 +1,6 @@
 //! Per-event cost of the processor core, no I/O: decode (Avro, Confluent framing) + validate
-//! + customer key + sessionize + build the ClickHouse row + encode emitted sessions.
+//! + stitch (identifiers, pseudonymised phone, identity graph) + sessionize + build the
+//! ClickHouse row + encode emitted sessions.
 //! Run: `cargo bench -p journey-pipeline --bench core`.
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
@@ -7,6 +8,7 @@ use journey_connectors::generator::{Generated, Generator, GeneratorConfig};
 use journey_pipeline::pii::Pseudonymizer;
 use journey_pipeline::sessionize::{SessionEvent, SessionParams, Sessionizer};
 use journey_pipeline::sink::clickhouse::EventRow;
+use journey_pipeline::stitch::{identifiers, IdentityGraph};
 use journey_schemas::validate::{validate_event, Limits};
 use journey_schemas::Codec;
 
@@ -32,10 +34,10 @@ fn core(c: &mut Criterion) {
     let mut group = c.benchmark_group("core");
     group.throughput(Throughput::Elements(records.len() as u64));
     group.sample_size(10);
-    group.bench_function("decode_validate_sessionize_encode", |b| {
+    group.bench_function("decode_validate_stitch_sessionize_encode", |b| {
         b.iter_batched(
-            || Sessionizer::new(params),
-            |mut z| {
+            || (Sessionizer::new(params), IdentityGraph::new()),
+            |(mut z, mut graph)| {
                 let mut sessions = Vec::new();
                 let mut rows = Vec::with_capacity(1024);
                 let mut out_bytes = 0usize;
@@ -43,19 +45,15 @@ fn core(c: &mut Criterion) {
                 for (offset, rec) in records.iter().enumerate() {
                     let e = codec.decode_event(rec).unwrap().value;
                     validate_event(&e, 1_800_000_000_000, &limits).unwrap();
-                    let msisdn_hash = e.msisdn.as_deref().map(|m| pseudo.hash(m)).unwrap_or_default();
-                    let key = match (&e.customer_id, &e.msisdn, &e.app_instance_id) {
-                        (Some(c), _, _) => c.clone(),
-                        (None, Some(_), _) => format!("m:{msisdn_hash}"),
-                        (None, None, Some(a)) => format!("a:{a}"),
-                        _ => unreachable!("validated"),
-                    };
+                    let ids = identifiers(&e, &pseudo);
+                    let key = graph.observe(&ids).canonical;
+                    let msisdn_hash = ids.iter().find(|i| i.kind == journey_pipeline::stitch::IdKind::Msisdn).map(|i| i.value.clone()).unwrap_or_default();
                     let mut sev = SessionEvent::from_event(&e);
                     sev.offset = offset as i64;
                     z.admit(&key, sev, &mut sessions);
                     max_t = max_t.max(e.event_time);
                     z.advance(max_t - lateness, &mut sessions);
-                    rows.push(EventRow::new(&e, &key, msisdn_hash));
+                    rows.push(EventRow::new(&e, &key, msisdn_hash, 0));
                     if rows.len() == 1024 {
                         rows.clear();
                     }
@@ -63,7 +61,7 @@ fn core(c: &mut Criterion) {
                         out_bytes += codec.encode_session(&s).len();
                     }
                 }
-                (z.customers(), out_bytes)
+                (z.customers(), graph.customers(), out_bytes)
             },
             BatchSize::PerIteration,
         )

@@ -60,21 +60,6 @@ impl Default for ReplayConfig {
     }
 }
 
-const CONTRACT: [&str; 13] = [
-    "event_id",
-    "event_time",
-    "channel",
-    "event_type",
-    "customer_id",
-    "msisdn",
-    "app_instance_id",
-    "topic",
-    "outcome",
-    "line",
-    "agent_id",
-    "region",
-    "ingest_time",
-];
 
 impl ReplayConfig {
     /// Every problem with this section.
@@ -84,7 +69,7 @@ impl ReplayConfig {
                 errors.push(format!("replay.mappings.{name}.delimiter: {:?} must be one ASCII character", m.delimiter));
             }
             for field in m.columns.keys().chain(m.constants.keys()).chain(m.values.keys()) {
-                if !CONTRACT.contains(&field.as_str()) || field == "ingest_time" {
+                if !crate::parse::FIELDS.contains(&field.as_str()) || field == "ingest_time" || field == "attrs" {
                     errors.push(format!("replay.mappings.{name}: {field:?} is not a contract field"));
                 }
             }
