@@ -325,13 +325,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let opts = ProcessOptions { exit_when_idle: Some(idle), upstream_done: None };
             let (stitched, summary) = runtime::run_all(cfg.clone(), codec.clone(), pseudo.clone(), opts, shutdown_signal()).await?;
             println!(
-                "processed {} records: {} events, {} duplicates, {} dead-lettered, {} session records, {} identity merges",
+                "processed {} records: {} events re-keyed by customer, {} dead-lettered, {} duplicates dropped, \
+                 {} identity merges ({} events moved to the merged customer), {} session records (incl. corrections)",
                 stitched.consumed,
-                summary.accepted,
-                summary.duplicates,
+                stitched.forwarded,
                 stitched.dead_lettered + summary.dead_lettered,
-                summary.sessions,
-                stitched.merges
+                summary.duplicates,
+                stitched.merges,
+                summary.forwarded,
+                summary.sessions
             );
             print_summary(&cfg).await?;
             if !args.no_wait {
