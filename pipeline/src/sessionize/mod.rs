@@ -17,7 +17,6 @@
 use crate::operator::Operator;
 use journey_schemas::{Channel, ChannelEvent, Session};
 use std::collections::{BTreeSet, HashMap};
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 /// Session parameters, in milliseconds of event time.
@@ -182,9 +181,6 @@ struct CustomerState {
     pending_offset: Option<i64>,
 }
 
-/// Output of the sessionizer.
-pub type SessionOut = Session;
-
 /// Everything the sessionizer keeps for one customer, for checkpoints.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct CustomerSnapshot {
@@ -308,11 +304,6 @@ impl Sessionizer {
         self.customers.iter().any(|c| c.pending_offset.is_some())
     }
 
-    /// Smallest input offset of an event whose session is not yet emitted: the runtime must
-    /// not commit input offsets past it, or a crash would lose that session.
-    pub fn min_pending_offset(&self) -> Option<i64> {
-        self.customers.iter().filter_map(|c| c.pending_offset).min()
-    }
 
     /// Folds one event of `customer` (its canonical key); outputs go to `out`.
     pub fn admit(&mut self, customer: &str, ev: SessionEvent, out: &mut Vec<Session>) -> Admission {
@@ -511,12 +502,6 @@ fn same_content(a: &Session, b: &Session) -> bool {
         && !a.retracted
 }
 
-/// Hash of a session's content (for tests comparing results regardless of version).
-pub fn content_hash(s: &Session) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    (&s.session_id, s.start_time, s.end_time, s.event_count, &s.path, &s.topics).hash(&mut h);
-    h.finish()
-}
 
 impl Operator for Sessionizer {
     type In = (String, SessionEvent);
