@@ -15,7 +15,8 @@ fn main() {
     for f in files {
         println!("cargo:rerun-if-changed={}", f.display());
         let name = f.file_name().expect("file name").to_string_lossy().to_string();
-        writeln!(code, "    ({name:?}, include_str!({:?})),", f.canonicalize().expect("canonical path").display().to_string()).expect("write");
+        writeln!(code, "    ({name:?}, include_str!({:?})),", f.canonicalize().expect("canonical path").display().to_string())
+            .expect("write");
     }
     code.push_str("];\n");
     let out = std::path::Path::new(&std::env::var("OUT_DIR").expect("OUT_DIR")).join("migrations.rs");

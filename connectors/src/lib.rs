@@ -20,8 +20,5 @@ pub use topics::TopicsConfig;
 
 /// Wall-clock milliseconds since the epoch (used for ingest_time and idle watermarks only).
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }

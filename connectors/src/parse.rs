@@ -36,9 +36,9 @@ pub const FIELDS: [&str; 14] = [
 /// Parses an event time: RFC 3339 text, or epoch milliseconds as a JSON integer or digits.
 pub fn parse_event_time(v: &Value) -> Result<i64, Rejection> {
     match v {
-        Value::Number(n) => n
-            .as_i64()
-            .ok_or_else(|| reject("invalid_event_time", format!("event_time {n} is not a whole number of epoch milliseconds"))),
+        Value::Number(n) => {
+            n.as_i64().ok_or_else(|| reject("invalid_event_time", format!("event_time {n} is not a whole number of epoch milliseconds")))
+        }
         Value::String(s) => parse_time_text(s),
         Value::Null => Err(reject("missing_event_time", "event_time is required")),
         other => Err(reject("invalid_event_time", format!("event_time {other} is neither RFC 3339 text nor epoch milliseconds"))),
@@ -174,8 +174,10 @@ mod tests {
 
     #[test]
     fn accepts_rfc3339_and_epoch_millis() {
-        let a = ok(json!({"event_id":"a","event_time":"2026-09-21T10:00:00+03:00","channel":"app","event_type":"screen.view","msisdn":"7999"}));
-        let b = ok(json!({"event_id":"b","event_time":1789974000000i64,"channel":"APP","event_type":"screen.view","msisdn":79990001122u64}));
+        let a =
+            ok(json!({"event_id":"a","event_time":"2026-09-21T10:00:00+03:00","channel":"app","event_type":"screen.view","msisdn":"7999"}));
+        let b =
+            ok(json!({"event_id":"b","event_time":1789974000000i64,"channel":"APP","event_type":"screen.view","msisdn":79990001122u64}));
         assert_eq!(a.event_time, 1_789_974_000_000);
         assert_eq!(b.event_time, 1_789_974_000_000);
         assert_eq!(b.msisdn.as_deref(), Some("79990001122"));

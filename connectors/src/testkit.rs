@@ -31,10 +31,8 @@ pub fn ch18_url() -> String {
 
 /// Panics with a clear message unless something listens on `addr` (host:port).
 pub fn require_tcp(what: &str, addr: &str) {
-    let ok = addr
-        .parse::<std::net::SocketAddr>()
-        .ok()
-        .is_some_and(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok());
+    let ok =
+        addr.parse::<std::net::SocketAddr>().ok().is_some_and(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok());
     assert!(ok, "{what} is not reachable at {addr}: start local infrastructure with `scripts/infra.sh up` (scripts/test.sh does)");
 }
 

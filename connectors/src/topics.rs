@@ -81,7 +81,16 @@ impl TopicsConfig {
 
     /// Every problem with this section.
     pub fn validate(&self, errors: &mut Vec<String>) {
-        for (field, name) in [("raw", &self.raw), ("dlq", &self.dlq), ("sessions", &self.sessions), ("scenarios", &self.scenarios), ("late", &self.late), ("keyed", &self.keyed), ("identity", &self.identity), ("state", &self.state)] {
+        for (field, name) in [
+            ("raw", &self.raw),
+            ("dlq", &self.dlq),
+            ("sessions", &self.sessions),
+            ("scenarios", &self.scenarios),
+            ("late", &self.late),
+            ("keyed", &self.keyed),
+            ("identity", &self.identity),
+            ("state", &self.state),
+        ] {
             let legal = !name.is_empty()
                 && name.len() <= 249
                 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
@@ -122,8 +131,7 @@ impl TopicsConfig {
 /// Returns the names that were newly created.
 pub async fn create_topics(kafka: &KafkaConfig, replication: i32, specs: &[TopicSpec]) -> anyhow::Result<Vec<String>> {
     let admin: AdminClient<DefaultClientContext> = kafka.client_config().create()?;
-    let configs: Vec<Vec<(&str, &str)>> =
-        specs.iter().map(|s| s.configs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()).collect();
+    let configs: Vec<Vec<(&str, &str)>> = specs.iter().map(|s| s.configs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()).collect();
     let new: Vec<NewTopic<'_>> = specs
         .iter()
         .zip(&configs)

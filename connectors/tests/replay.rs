@@ -16,7 +16,13 @@ fn mapping() -> CsvMapping {
     let pairs = |v: &[(&str, &str)]| v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect::<BTreeMap<_, _>>();
     CsvMapping {
         delimiter: ";".into(),
-        columns: pairs(&[("event_time", "call_start"), ("msisdn", "ani"), ("channel", "source"), ("topic", "reason"), ("agent_id", "agent")]),
+        columns: pairs(&[
+            ("event_time", "call_start"),
+            ("msisdn", "ani"),
+            ("channel", "source"),
+            ("topic", "reason"),
+            ("agent_id", "agent"),
+        ]),
         constants: pairs(&[("event_type", "contact.start"), ("line", "front")]),
         values: [("channel".to_string(), pairs(&[("CC", "CONTACT_CENTRE"), ("IVR", "IVR")]))].into(),
         attrs: vec!["queue".into()],
@@ -30,7 +36,12 @@ fn fmt_local(ms: i64) -> String {
     t.format("%Y-%m-%d %H:%M:%S").to_string()
 }
 
-fn run(kafka: &KafkaConfig, topics: &TopicsConfig, cfg: &ReplayConfig, path: &std::path::Path) -> journey_connectors::file_replay::ReplaySummary {
+fn run(
+    kafka: &KafkaConfig,
+    topics: &TopicsConfig,
+    cfg: &ReplayConfig,
+    path: &std::path::Path,
+) -> journey_connectors::file_replay::ReplaySummary {
     let publisher = BulkPublisher::new(kafka, Codec::from_manifest().unwrap(), &topics.raw, &topics.dlq).unwrap();
     let opts = ReplayOptions { mapping: Some("cti".into()), progress: Some(false), ..ReplayOptions::default() };
     replay(&[path.to_path_buf()], cfg, &opts, publisher).unwrap()
@@ -107,7 +118,11 @@ async fn jsonl_gz_replay_keeps_ids_and_filters_by_time() {
     let mut gz = flate2::write::GzEncoder::new(std::fs::File::create(&path).unwrap(), flate2::Compression::fast());
     for i in 0..10 {
         let t = chrono::DateTime::from_timestamp_millis(base + i * 1000).unwrap().to_rfc3339();
-        writeln!(gz, "{{\"event_id\":\"j{i}\",\"event_time\":\"{t}\",\"channel\":\"WEB\",\"event_type\":\"page.view\",\"customer_id\":\"C{i}\"}}").unwrap();
+        writeln!(
+            gz,
+            "{{\"event_id\":\"j{i}\",\"event_time\":\"{t}\",\"channel\":\"WEB\",\"event_type\":\"page.view\",\"customer_id\":\"C{i}\"}}"
+        )
+        .unwrap();
     }
     writeln!(gz, "not json").unwrap();
     gz.finish().unwrap();

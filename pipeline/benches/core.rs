@@ -47,7 +47,11 @@ fn core(c: &mut Criterion) {
                     validate_event(&e, 1_800_000_000_000, &limits).unwrap();
                     let ids = identifiers(&e, &pseudo);
                     let key = graph.observe(&ids).canonical;
-                    let msisdn_hash = ids.iter().find(|i| i.kind == journey_pipeline::stitch::IdKind::Msisdn).map(|i| i.value.clone()).unwrap_or_default();
+                    let msisdn_hash = ids
+                        .iter()
+                        .find(|i| i.kind == journey_pipeline::stitch::IdKind::Msisdn)
+                        .map(|i| i.value.clone())
+                        .unwrap_or_default();
                     let mut sev = SessionEvent::from_event(&e);
                     sev.offset = offset as i64;
                     z.admit(&key, sev, &mut sessions);

@@ -307,7 +307,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             ensure_topics(&cfg).await?;
             migrate::migrate(&cfg.clickhouse).await?;
             let pseudo = Pseudonymizer::from_env()?;
-            let gen = generate(&cfg, GenerateArgs {
+            let gen = generate(
+                &cfg,
+                GenerateArgs {
                     events: Some(args.events),
                     seed: None,
                     rate: None,
@@ -318,7 +320,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     duplicate_share: None,
                     malformed_share: None,
                     output: None,
-                }).await?;
+                },
+            )
+            .await?;
             println!("published {} events to {}", gen.events, cfg.topics.raw);
             let codec = codec(&cfg).await?;
             let idle = cfg.process.idle_timeout + Duration::from_secs(3);
@@ -366,7 +370,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(l) = args.listen {
                 icfg.listen = l;
             }
-            anyhow::ensure!(!icfg.sources.is_empty(), "no ingest sources configured: add [ingest.sources.NAME] with a token (or JOURNEY__INGEST__SOURCES__NAME__TOKEN)");
+            anyhow::ensure!(
+                !icfg.sources.is_empty(),
+                "no ingest sources configured: add [ingest.sources.NAME] with a token (or JOURNEY__INGEST__SOURCES__NAME__TOKEN)"
+            );
             ensure_topics(&cfg).await?;
             let publisher = http_ingest::publisher_for(&cfg.kafka, &icfg, codec(&cfg).await?, &cfg.topics.raw, &cfg.topics.dlq)?;
             let handle = runtime::http::metrics_handle();

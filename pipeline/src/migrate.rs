@@ -83,12 +83,8 @@ pub async fn migrate_files(cfg: &ClickHouseConfig, files: &[(&str, &str)]) -> Re
     )
     .execute()
     .await?;
-    let applied: Vec<Applied> = db
-        .clone()
-        .with_validation(false)
-        .query("SELECT name, checksum FROM schema_migrations ORDER BY name")
-        .fetch_all()
-        .await?;
+    let applied: Vec<Applied> =
+        db.clone().with_validation(false).query("SELECT name, checksum FROM schema_migrations ORDER BY name").fetch_all().await?;
     let mut report = Report::default();
     for (name, text) in files {
         let sum = checksum(text);

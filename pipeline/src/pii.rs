@@ -32,8 +32,9 @@ impl Pseudonymizer {
 
     /// The pseudonymizer keyed from `JOURNEY_PII_KEY`.
     pub fn from_env() -> Result<Pseudonymizer, crate::Error> {
-        let key = std::env::var(PII_KEY_ENV)
-            .map_err(|_| crate::Error::MissingSecret(PII_KEY_ENV, "set it to a secret of at least 16 bytes (scripts/ generate one under .local/)"))?;
+        let key = std::env::var(PII_KEY_ENV).map_err(|_| {
+            crate::Error::MissingSecret(PII_KEY_ENV, "set it to a secret of at least 16 bytes (scripts/ generate one under .local/)")
+        })?;
         Pseudonymizer::new(key.as_bytes())
     }
 

@@ -72,7 +72,8 @@ async fn inserts_survive_a_server_restart_without_loss_or_duplicates() {
         } else if b > 0 {
             during_restart += 1;
         }
-        let rows: Vec<TestRow> = (0..per).map(|i| TestRow { id: b * per + i, name: format!("row {}", b * per + i), at: b as u32 }).collect();
+        let rows: Vec<TestRow> =
+            (0..per).map(|i| TestRow { id: b * per + i, name: format!("row {}", b * per + i), at: b as u32 }).collect();
         sink.insert("t", &rows, &format!("b{b}")).await.expect("the sink retries transient errors until the server is back");
         b += 1;
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -72,9 +72,7 @@ struct ManifestEntry {
 }
 
 fn kind_of(name: &str) -> Option<RecordKind> {
-    [RecordKind::ChannelEvent, RecordKind::Session, RecordKind::ScenarioHit]
-        .into_iter()
-        .find(|k| k.full_name() == name)
+    [RecordKind::ChannelEvent, RecordKind::Session, RecordKind::ScenarioHit].into_iter().find(|k| k.full_name() == name)
 }
 
 fn parse(name: &str, text: &str) -> Result<Schema, ContractError> {

@@ -54,10 +54,7 @@ pub fn validate_event(e: &ChannelEvent, now_ms: i64, limits: &Limits) -> Result<
     }
     let ids = [&e.customer_id, &e.msisdn, &e.app_instance_id];
     if ids.iter().all(|id| id.as_deref().is_none_or(|s| s.trim().is_empty())) {
-        return Err(reject(
-            "missing_identifier",
-            "at least one of customer_id, msisdn, app_instance_id is required".into(),
-        ));
+        return Err(reject("missing_identifier", "at least one of customer_id, msisdn, app_instance_id is required".into()));
     }
     if e.event_time < limits.min_event_time_ms {
         return Err(reject("event_time_too_old", format!("event_time {} is before {}", e.event_time, limits.min_event_time_ms)));

@@ -60,12 +60,8 @@ fn rust_field_names_follow_the_schemas_in_order() {
 #[test]
 fn every_channel_symbol_matches_the_enum() {
     let json: serde_json::Value = serde_json::from_str(RecordKind::ChannelEvent.current_avsc()).unwrap();
-    let symbols: Vec<String> = json["fields"][3]["type"]["symbols"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s.as_str().unwrap().to_string())
-        .collect();
+    let symbols: Vec<String> =
+        json["fields"][3]["type"]["symbols"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect();
     let ours: Vec<String> = Channel::ALL.iter().map(|c| c.as_str().to_string()).collect();
     assert_eq!(symbols, ours);
     assert_eq!(json["fields"][3]["type"]["default"], "OTHER");

@@ -60,7 +60,6 @@ impl Default for ReplayConfig {
     }
 }
 
-
 impl ReplayConfig {
     /// Every problem with this section.
     pub fn validate(&self, errors: &mut Vec<String>) {

@@ -77,9 +77,15 @@ fn is_csv(path: &Path) -> bool {
 }
 
 /// Converts a CSV record to a JSON event object through `mapping`.
-pub fn csv_row_to_json(headers: &csv::StringRecord, row: &csv::StringRecord, m: &CsvMapping, offset: chrono::FixedOffset) -> Result<Value, (&'static str, String)> {
+pub fn csv_row_to_json(
+    headers: &csv::StringRecord,
+    row: &csv::StringRecord,
+    m: &CsvMapping,
+    offset: chrono::FixedOffset,
+) -> Result<Value, (&'static str, String)> {
     let col = |name: &str| -> Result<Option<&str>, (&'static str, String)> {
-        let idx = headers.iter().position(|h| h == name).ok_or_else(|| ("missing_column", format!("column {name:?} is not in the header")))?;
+        let idx =
+            headers.iter().position(|h| h == name).ok_or_else(|| ("missing_column", format!("column {name:?} is not in the header")))?;
         Ok(row.get(idx).map(str::trim).filter(|s| !s.is_empty()))
     };
     let mut obj = Map::new();
@@ -89,11 +95,8 @@ pub fn csv_row_to_json(headers: &csv::StringRecord, row: &csv::StringRecord, m: 
     for (field, column) in &m.columns {
         let Some(raw) = col(column)? else { continue };
         let value = m.values.get(field).and_then(|t| t.get(raw)).map_or(raw, String::as_str);
-        let v = if field == "event_time" {
-            Value::from(csv_time(value, &m.time_format, offset)?)
-        } else {
-            Value::String(value.to_string())
-        };
+        let v =
+            if field == "event_time" { Value::from(csv_time(value, &m.time_format, offset)?) } else { Value::String(value.to_string()) };
         obj.insert(field.clone(), v);
     }
     if !m.attrs.is_empty() {
@@ -114,9 +117,9 @@ fn csv_time(s: &str, format: &str, offset: chrono::FixedOffset) -> Result<i64, (
         "rfc3339" => parse_time_text(s).map_err(|r| ("invalid_event_time", r.detail)),
         "epoch_ms" => s.parse::<i64>().map_err(|e| bad(e.to_string())),
         "epoch_s" => s.parse::<f64>().map(|x| (x * 1000.0).round() as i64).map_err(|e| bad(e.to_string())),
-        f => chrono::NaiveDateTime::parse_from_str(s, f)
-            .map_err(|e| bad(e.to_string()))
-            .and_then(|t| t.and_local_timezone(offset).single().map(|d| d.timestamp_millis()).ok_or_else(|| bad("ambiguous local time".into()))),
+        f => chrono::NaiveDateTime::parse_from_str(s, f).map_err(|e| bad(e.to_string())).and_then(|t| {
+            t.and_local_timezone(offset).single().map(|d| d.timestamp_millis()).ok_or_else(|| bad("ambiguous local time".into()))
+        }),
     }
 }
 
@@ -180,18 +183,34 @@ impl Run<'_> {
 }
 
 /// Replays `paths` through `publisher`. Blocking; run it on a plain thread.
-pub fn replay(paths: &[std::path::PathBuf], cfg: &ReplayConfig, opts: &ReplayOptions, mut publisher: BulkPublisher) -> anyhow::Result<ReplaySummary> {
+pub fn replay(
+    paths: &[std::path::PathBuf],
+    cfg: &ReplayConfig,
+    opts: &ReplayOptions,
+    mut publisher: BulkPublisher,
+) -> anyhow::Result<ReplaySummary> {
     let total_bytes: u64 = paths.iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum();
     let show = opts.progress.unwrap_or_else(|| std::io::stderr().is_terminal());
     let bar = show.then(|| {
         let bar = indicatif::ProgressBar::new(total_bytes);
-        if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}") {
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}",
+        ) {
             bar.set_style(style);
         }
         bar
     });
     let limits = Limits { max_future_skew_ms: cfg.max_future_skew.as_millis() as i64, ..Limits::default() };
-    let mut run = Run { publisher: &mut publisher, limits, opts, summary: ReplaySummary::default(), first_time: None, bar, last_log: Instant::now(), started: Instant::now() };
+    let mut run = Run {
+        publisher: &mut publisher,
+        limits,
+        opts,
+        summary: ReplaySummary::default(),
+        first_time: None,
+        bar,
+        last_log: Instant::now(),
+        started: Instant::now(),
+    };
     for path in paths {
         let name = path.display().to_string();
         let reader = open(path).map_err(|e| anyhow::anyhow!("cannot open {name}: {e}"))?;
@@ -204,9 +223,13 @@ pub fn replay(paths: &[std::path::PathBuf], cfg: &ReplayConfig, opts: &ReplayOpt
             let mapping = match &opts.mapping {
                 Some(m) => cfg.mappings.get(m).ok_or_else(|| anyhow::anyhow!("no CSV mapping named {m:?} in [replay.mappings]"))?,
                 None if cfg.mappings.len() == 1 => cfg.mappings.values().next().expect("one mapping"),
-                None => anyhow::bail!("{name} is CSV: choose a mapping with --mapping (configured: {:?})", cfg.mappings.keys().collect::<Vec<_>>()),
+                None => anyhow::bail!(
+                    "{name} is CSV: choose a mapping with --mapping (configured: {:?})",
+                    cfg.mappings.keys().collect::<Vec<_>>()
+                ),
             };
-            let offset: chrono::FixedOffset = mapping.timezone.parse().map_err(|_| anyhow::anyhow!("invalid timezone {:?}", mapping.timezone))?;
+            let offset: chrono::FixedOffset =
+                mapping.timezone.parse().map_err(|_| anyhow::anyhow!("invalid timezone {:?}", mapping.timezone))?;
             let mut rdr = csv::ReaderBuilder::new().delimiter(mapping.delimiter.as_bytes()[0]).flexible(true).from_reader(reader);
             let headers = rdr.headers()?.clone();
             let mut record = csv::StringRecord::new();

@@ -124,10 +124,7 @@ impl Default for GeneratorConfig {
             scenarios: ScenarioRates::default(),
             disorder: Disorder::default(),
             incident: None,
-            regions: ["capital", "north", "south", "east", "west", "central", "volga", "siberia"]
-                .into_iter()
-                .map(String::from)
-                .collect(),
+            regions: ["capital", "north", "south", "east", "west", "central", "volga", "siberia"].into_iter().map(String::from).collect(),
         }
     }
 }

@@ -96,8 +96,8 @@ pub enum Generated {
 
 /// Relative volume of journeys by hour of day (UTC+3 business day of the operator, simplified).
 const DAILY: [f64; 24] = [
-    0.15, 0.10, 0.08, 0.07, 0.08, 0.15, 0.35, 0.60, 0.85, 1.00, 1.10, 1.15, 1.10, 1.05, 1.00, 1.00, 1.00, 1.05, 1.15, 1.20,
-    1.10, 0.85, 0.55, 0.30,
+    0.15, 0.10, 0.08, 0.07, 0.08, 0.15, 0.35, 0.60, 0.85, 1.00, 1.10, 1.15, 1.10, 1.05, 1.00, 1.00, 1.00, 1.05, 1.15, 1.20, 1.10, 0.85,
+    0.55, 0.30,
 ];
 /// Relative volume by day of week, Monday first.
 const WEEKLY: [f64; 7] = [1.10, 1.05, 1.0, 1.0, 0.95, 0.80, 0.75];
@@ -272,7 +272,8 @@ impl Generator {
         if let Some(inc) = &self.cfg.incident {
             let from = self.start_ms + inc.start_offset.as_millis() as i64;
             let to = from + inc.duration.as_millis() as i64;
-            if t0 >= from && t0 < to && self.customers[ci].region == inc.region && self.rng.chance(inc.multiplier / (1.0 + inc.multiplier)) {
+            if t0 >= from && t0 < to && self.customers[ci].region == inc.region && self.rng.chance(inc.multiplier / (1.0 + inc.multiplier))
+            {
                 scenario = Scenario::from_name(&inc.scenario);
                 topic = Some(inc.topic.clone());
             }
@@ -399,7 +400,12 @@ mod tests {
     use super::*;
 
     fn cfg(events: u64) -> GeneratorConfig {
-        GeneratorConfig { customers: 500, events: Some(events), start_ms: Some(1_700_000_000_000 - 1_700_000_000_000 % 86_400_000), ..Default::default() }
+        GeneratorConfig {
+            customers: 500,
+            events: Some(events),
+            start_ms: Some(1_700_000_000_000 - 1_700_000_000_000 % 86_400_000),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -417,8 +423,10 @@ mod tests {
         let start = cfg.start_ms.unwrap();
         let transfers = |from: i64, to: i64, out: &[Generated]| {
             out.iter()
-                .filter(|g| matches!(g, Generated::Event(e) if e.event_type == "ivr.transfer" && e.region.as_deref() == Some("north")
-                    && e.topic.as_deref() == Some("internet_down") && e.event_time >= from && e.event_time < to))
+                .filter(|g| {
+                    matches!(g, Generated::Event(e) if e.event_type == "ivr.transfer" && e.region.as_deref() == Some("north")
+                    && e.topic.as_deref() == Some("internet_down") && e.event_time >= from && e.event_time < to)
+                })
                 .count()
         };
         let out: Vec<_> = Generator::new(cfg, 0).collect();

@@ -93,12 +93,7 @@ pub fn to_kafka(gen: Generator, rate: u64, mut publisher: BulkPublisher, mut pro
     producer.join().map_err(|_| anyhow::anyhow!("generator thread panicked"))?;
     summary.kafka = publisher.finish(Duration::from_secs(60))?;
     if summary.kafka.delivered != summary.total() {
-        anyhow::bail!(
-            "kafka acknowledged {} of {} records ({} failed)",
-            summary.kafka.delivered,
-            summary.total(),
-            summary.kafka.failed
-        );
+        anyhow::bail!("kafka acknowledged {} of {} records ({} failed)", summary.kafka.delivered, summary.total(), summary.kafka.failed);
     }
     Ok(summary)
 }

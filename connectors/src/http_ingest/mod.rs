@@ -133,7 +133,13 @@ impl Ingest {
 
 /// A producer for ingest: Kafka must acknowledge within `publish_timeout`, so a request never
 /// waits longer than that before it is answered.
-pub fn publisher_for(kafka: &crate::KafkaConfig, cfg: &IngestConfig, codec: journey_schemas::Codec, raw: &str, dlq: &str) -> Result<Publisher, rdkafka::error::KafkaError> {
+pub fn publisher_for(
+    kafka: &crate::KafkaConfig,
+    cfg: &IngestConfig,
+    codec: journey_schemas::Codec,
+    raw: &str,
+    dlq: &str,
+) -> Result<Publisher, rdkafka::error::KafkaError> {
     let mut k = kafka.clone();
     k.properties.entry("message.timeout.ms".into()).or_insert_with(|| cfg.publish_timeout.as_millis().to_string());
     Publisher::new(&k, codec, raw, dlq)
@@ -158,20 +164,16 @@ pub fn parse_items(body: &[u8], ndjson: bool, now_ms: i64, limits: &Limits) -> R
             .collect());
     }
     match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Array(arr)) => Ok(arr
-            .iter()
-            .map(|v| convert(v, serde_json::to_vec(v).unwrap_or_default()))
-            .collect()),
+        Ok(Value::Array(arr)) => Ok(arr.iter().map(|v| convert(v, serde_json::to_vec(v).unwrap_or_default())).collect()),
         Ok(v) => Ok(vec![convert(&v, body.to_vec())]),
         Err(e) => Err(format!("body is not valid JSON: {e}")),
     }
 }
 
 fn is_ndjson(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/x-ndjson") || ct.starts_with("application/jsonl") || ct.starts_with("application/ndjson"))
+    headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| {
+        ct.starts_with("application/x-ndjson") || ct.starts_with("application/jsonl") || ct.starts_with("application/ndjson")
+    })
 }
 
 async fn post_events(State(ing): State<Arc<Ingest>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
@@ -184,7 +186,8 @@ async fn post_events(State(ing): State<Arc<Ingest>>, headers: HeaderMap, body: R
 async fn handle(ing: &Ingest, headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
     let Some(source) = ing.authenticate(headers) else {
         metrics::events_rejected("ingest", "unauthorized", 1);
-        let mut r = error(StatusCode::UNAUTHORIZED, "unauthorized", "a valid `Authorization: Bearer <token>` of a configured source is required");
+        let mut r =
+            error(StatusCode::UNAUTHORIZED, "unauthorized", "a valid `Authorization: Bearer <token>` of a configured source is required");
         r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return r;
     };
@@ -200,7 +203,10 @@ async fn handle(ing: &Ingest, headers: &HeaderMap, body: Result<Bytes, BytesReje
         Ok(items) => items,
         Err(detail) => {
             if ing.dead_letter(&source.name, &body, "malformed_json", &detail).await.is_err() {
-                return with_retry_after(error(StatusCode::SERVICE_UNAVAILABLE, "kafka_unavailable", "could not dead-letter the request"), 5);
+                return with_retry_after(
+                    error(StatusCode::SERVICE_UNAVAILABLE, "kafka_unavailable", "could not dead-letter the request"),
+                    5,
+                );
             }
             return error(StatusCode::BAD_REQUEST, "malformed_json", detail);
         }
@@ -211,7 +217,11 @@ async fn handle(ing: &Ingest, headers: &HeaderMap, body: Result<Bytes, BytesReje
     }
     if n > ing.cfg.max_batch_events {
         metrics::events_rejected("ingest", "batch_too_large", 1);
-        return error(StatusCode::PAYLOAD_TOO_LARGE, "batch_too_large", format!("{n} events in one request, limit {}", ing.cfg.max_batch_events));
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "batch_too_large",
+            format!("{n} events in one request, limit {}", ing.cfg.max_batch_events),
+        );
     }
     // Rate limits count events, not requests.
     let count = NonZeroU32::new(n as u32).unwrap_or(NonZeroU32::MIN);
@@ -221,11 +231,18 @@ async fn handle(ing: &Ingest, headers: &HeaderMap, body: Result<Bytes, BytesReje
             metrics::events_rejected("ingest", "rate_limited", n as u64);
             let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
             let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-            return with_retry_after(error(StatusCode::TOO_MANY_REQUESTS, "rate_limited", format!("source {} is over its rate; retry later", source.name)), secs);
+            return with_retry_after(
+                error(StatusCode::TOO_MANY_REQUESTS, "rate_limited", format!("source {} is over its rate; retry later", source.name)),
+                secs,
+            );
         }
         Err(_) => {
             metrics::events_rejected("ingest", "rate_limited", n as u64);
-            return error(StatusCode::TOO_MANY_REQUESTS, "rate_limited", format!("a batch of {n} events exceeds the burst of source {}", source.name));
+            return error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("a batch of {n} events exceeds the burst of source {}", source.name),
+            );
         }
     }
     let mut accepted = Vec::with_capacity(n);
@@ -243,13 +260,23 @@ async fn handle(ing: &Ingest, headers: &HeaderMap, body: Result<Bytes, BytesReje
     };
     for (_, reason, detail, raw) in &rejected {
         if ing.dead_letter(&source.name, raw, reason, detail).await.is_err() {
-            return with_retry_after(error(StatusCode::SERVICE_UNAVAILABLE, "kafka_unavailable", "Kafka did not acknowledge in time; nothing was accepted"), 5);
+            return with_retry_after(
+                error(StatusCode::SERVICE_UNAVAILABLE, "kafka_unavailable", "Kafka did not acknowledge in time; nothing was accepted"),
+                5,
+            );
         }
     }
     if !accepted.is_empty() {
         if let Err(e) = ing.publisher.publish(&accepted, ing.cfg.publish_timeout).await {
             tracing::warn!(source = %source.name, events = accepted.len(), error = %e, "publish failed, answering 503");
-            return with_retry_after(error(StatusCode::SERVICE_UNAVAILABLE, "kafka_unavailable", format!("Kafka did not acknowledge in time ({e}); retry the request")), 5);
+            return with_retry_after(
+                error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "kafka_unavailable",
+                    format!("Kafka did not acknowledge in time ({e}); retry the request"),
+                ),
+                5,
+            );
         }
         metrics::events_published("ingest", accepted.len() as u64);
         metrics::ingest_accepted(&source.name, accepted.len() as u64);
@@ -274,7 +301,11 @@ async fn handle(ing: &Ingest, headers: &HeaderMap, body: Result<Bytes, BytesReje
 }
 
 /// Serves until `shutdown` resolves; in-flight requests finish first.
-pub async fn serve(ing: Arc<Ingest>, listener: tokio::net::TcpListener, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+pub async fn serve(
+    ing: Arc<Ingest>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, sources = ing.by_token.len(), "ingest listening");
     axum::serve(listener, ing.router()).with_graceful_shutdown(shutdown).await?;
     ing.publisher.flush(Duration::from_secs(10)).ok();
@@ -300,7 +331,8 @@ mod tests {
 
     #[test]
     fn a_valid_array_parses_item_by_item() {
-        let body = br#"[{"event_id":"a","event_time":1789999990000,"channel":"SMS","event_type":"sms.sent","msisdn":"7"}, {"channel":"NOPE"}]"#;
+        let body =
+            br#"[{"event_id":"a","event_time":1789999990000,"channel":"SMS","event_type":"sms.sent","msisdn":"7"}, {"channel":"NOPE"}]"#;
         let items = parse_items(body, false, 1_790_000_000_000, &Limits::default()).unwrap();
         assert_eq!(items.len(), 2);
         assert!(items[0].is_ok());

@@ -22,8 +22,8 @@ use crate::sessionize::{Admission, SessionEvent, SessionParams, Sessionizer};
 use crate::sink::clickhouse::{batch_token, client, Backoff, ClickHouseSink, EventRow, SessionRow};
 use crate::Error;
 use journey_connectors::metrics;
-use journey_connectors::publish::DeadLetter;
 use journey_connectors::now_ms;
+use journey_connectors::publish::DeadLetter;
 use journey_schemas::{Codec, Session};
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::{Header, Message, OwnedHeaders};
@@ -224,7 +224,15 @@ impl Processor {
         }
     }
 
-    fn dead_letter(&mut self, producer: &FutureProducer, key: Option<&[u8]>, payload: &[u8], reason: &'static str, detail: &str, origin: &str) {
+    fn dead_letter(
+        &mut self,
+        producer: &FutureProducer,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        reason: &'static str,
+        detail: &str,
+        origin: &str,
+    ) {
         metrics::events_rejected("process", reason, 1);
         metrics::dead_lettered("process", 1);
         tracing::warn!(origin, reason, detail, "record dead-lettered");
@@ -236,7 +244,6 @@ impl Processor {
         }
         send(&mut self.pending, producer, record);
     }
-
 
     /// Handles one input record (`control` from its headers).
     #[allow(clippy::too_many_arguments)]
@@ -412,7 +419,8 @@ impl Processor {
         let horizon = self.params.horizon_ms;
         for st in self.partitions.values_mut() {
             let wm = st.sessionizer.watermark();
-            let expired: Vec<String> = st.forwards.iter().filter(|(_, (_, at))| at.saturating_add(horizon) < wm).map(|(k, _)| k.clone()).collect();
+            let expired: Vec<String> =
+                st.forwards.iter().filter(|(_, (_, at))| at.saturating_add(horizon) < wm).map(|(k, _)| k.clone()).collect();
             for k in expired {
                 st.forwards.remove(&k);
                 st.forwards_dirty.insert(k);
@@ -486,7 +494,13 @@ impl Processor {
         for snap in restored.customers {
             st.sessionizer.restore(snap, &mut self.sessions);
         }
-        tracing::info!(partition, records, customers = st.sessionizer.customers(), ms = started.elapsed().as_millis() as u64, "partition state restored");
+        tracing::info!(
+            partition,
+            records,
+            customers = st.sessionizer.customers(),
+            ms = started.elapsed().as_millis() as u64,
+            "partition state restored"
+        );
         self.partitions.insert(partition, st);
         Ok(records)
     }
@@ -614,7 +628,13 @@ pub async fn process(
             }
             if last_waiting_log.elapsed() >= Duration::from_secs(5) && last_record.elapsed() >= idle {
                 last_waiting_log = Instant::now();
-                tracing::info!(upstream_done, has_partitions, open_sessions = open, buffered = proc.buffered(), "idle, waiting before exit");
+                tracing::info!(
+                    upstream_done,
+                    has_partitions,
+                    open_sessions = open,
+                    buffered = proc.buffered(),
+                    "idle, waiting before exit"
+                );
             }
         }
     }

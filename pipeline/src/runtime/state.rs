@@ -247,7 +247,12 @@ mod tests {
 
 /// Reads partition `partition` of the changelog up to a marker written just before, and folds
 /// it into the latest state. Blocking (call it off the async runtime's hot path).
-pub fn restore(cfg: &crate::config::Config, codec: &Codec, producer: &rdkafka::producer::FutureProducer, partition: i32) -> Result<Restored, crate::Error> {
+pub fn restore(
+    cfg: &crate::config::Config,
+    codec: &Codec,
+    producer: &rdkafka::producer::FutureProducer,
+    partition: i32,
+) -> Result<Restored, crate::Error> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::Message;
     use rdkafka::producer::FutureRecord;

@@ -256,7 +256,14 @@ pub fn watermarks(owned: &[i32], clocks: &HashMap<i32, (i64, Instant)>, lateness
         .collect()
 }
 
-fn send_watermarks(pending: &mut Vec<DeliveryFuture>, producer: &FutureProducer, topic: &str, keyed: &[i32], raw_partitions: usize, marks: &[(i32, i64)]) {
+fn send_watermarks(
+    pending: &mut Vec<DeliveryFuture>,
+    producer: &FutureProducer,
+    topic: &str,
+    keyed: &[i32],
+    raw_partitions: usize,
+    marks: &[(i32, i64)],
+) {
     for &(raw, wm) in marks {
         if wm == i64::MIN {
             continue;

@@ -91,7 +91,11 @@ pub fn cut_sessions(events: &[SessionEvent], p: &SessionParams) -> Vec<std::ops:
 
 /// Deterministic session id: a hash of the customer and the first event id.
 pub fn session_id(customer: &str, first_event_id: &str) -> String {
-    format!("{:016x}{:016x}", fnv1a(customer.as_bytes(), first_event_id.as_bytes(), 0), fnv1a(customer.as_bytes(), first_event_id.as_bytes(), 1))
+    format!(
+        "{:016x}{:016x}",
+        fnv1a(customer.as_bytes(), first_event_id.as_bytes(), 0),
+        fnv1a(customer.as_bytes(), first_event_id.as_bytes(), 1)
+    )
 }
 
 /// FNV-1a over two byte strings with a separator and a salt; stable across builds and platforms.
@@ -304,7 +308,6 @@ impl Sessionizer {
         self.customers.iter().any(|c| c.pending_offset.is_some())
     }
 
-
     /// Folds one event of `customer` (its canonical key); outputs go to `out`.
     pub fn admit(&mut self, customer: &str, ev: SessionEvent, out: &mut Vec<Session>) -> Admission {
         if self.watermark != i64::MIN && ev.time < self.watermark.saturating_sub(self.params.horizon_ms) {
@@ -412,8 +415,7 @@ impl Sessionizer {
         // Keep the emitted records of sessions still derived from retained events, and
         // tombstones until they are past the horizon too.
         let horizon_start = wm.saturating_sub(p.horizon_ms);
-        let retained: Vec<String> =
-            cut_sessions(&c.events, &p).into_iter().map(|r| session_id(&c.key, &c.events[r.start].id)).collect();
+        let retained: Vec<String> = cut_sessions(&c.events, &p).into_iter().map(|r| session_id(&c.key, &c.events[r.start].id)).collect();
         c.emitted.retain(|id, s| retained.contains(id) || s.end_time.saturating_add(p.gap_ms) >= horizon_start);
         for s in c.emitted.values().filter(|s| s.retracted) {
             let prune_at = s.end_time.saturating_add(p.gap_ms).saturating_add(p.horizon_ms);
@@ -501,7 +503,6 @@ fn same_content(a: &Session, b: &Session) -> bool {
         && a.assisted == b.assisted
         && !a.retracted
 }
-
 
 impl Operator for Sessionizer {
     type In = (String, SessionEvent);

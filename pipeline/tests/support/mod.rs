@@ -137,7 +137,13 @@ pub fn assert_same(expected: &Outcome, got: &Outcome) {
         expected.sessions.len(),
         got.sessions.len()
     );
-    let wrong: Vec<_> = expected.events.iter().filter(|(id, c)| got.events.get(*id) != Some(c)).map(|(id, c)| (id, c, got.events.get(id))).take(10).collect();
+    let wrong: Vec<_> = expected
+        .events
+        .iter()
+        .filter(|(id, c)| got.events.get(*id) != Some(c))
+        .map(|(id, c)| (id, c, got.events.get(id)))
+        .take(10)
+        .collect();
     assert!(wrong.is_empty(), "events not under their canonical customer (id, expected, got): {wrong:#?}");
     assert_eq!(got.events.len(), expected.events.len(), "every event once");
 }
