@@ -233,16 +233,9 @@ impl Processor {
         detail: &str,
         origin: &str,
     ) {
-        metrics::events_rejected("process", reason, 1);
-        metrics::dead_lettered("process", 1);
-        tracing::warn!(origin, reason, detail, "record dead-lettered");
         self.summary.dead_lettered += 1;
         let dl = DeadLetter { key, payload, reason, detail, stage: "process", origin };
-        let mut record = FutureRecord::to(&self.cfg.topics.dlq).payload(payload).headers(dl.headers());
-        if let Some(k) = key {
-            record = record.key(k);
-        }
-        send(&mut self.pending, producer, record);
+        send_dead_letter(&mut self.pending, producer, &self.cfg.topics.dlq, reason, dl);
     }
 
     /// Handles one input record (`control` from its headers).
@@ -295,7 +288,7 @@ impl Processor {
         let event = match self.codec.decode_event(payload) {
             Ok(d) => d.value,
             Err(e) => {
-                let reason = if matches!(e, journey_schemas::ContractError::UnknownSchema(_)) { "unknown_schema" } else { "undecodable" };
+                let reason = decode_reason(&e);
                 self.dead_letter(producer, key, payload, reason, &e.to_string(), &origin());
                 return;
             }
@@ -532,6 +525,34 @@ pub(crate) fn send(pending: &mut Vec<DeliveryFuture>, producer: &FutureProducer,
                 producer.poll(Duration::from_millis(10));
             }
         }
+    }
+}
+
+/// Dead-letters a record rejected by a processing stage: counted, logged, and its
+/// acknowledgement kept to await before the next offset commit.
+pub(crate) fn send_dead_letter(
+    pending: &mut Vec<DeliveryFuture>,
+    producer: &FutureProducer,
+    dlq_topic: &str,
+    reason: &'static str,
+    dl: DeadLetter<'_>,
+) {
+    metrics::events_rejected("process", reason, 1);
+    metrics::dead_lettered("process", 1);
+    tracing::warn!(origin = dl.origin, reason = dl.reason, detail = dl.detail, "record dead-lettered");
+    let mut record = FutureRecord::to(dlq_topic).payload(dl.payload).headers(dl.headers());
+    if let Some(k) = dl.key {
+        record = record.key(k);
+    }
+    send(pending, producer, record);
+}
+
+/// The dead-letter reason of a record that does not decode.
+pub(crate) fn decode_reason(e: &journey_schemas::ContractError) -> &'static str {
+    if matches!(e, journey_schemas::ContractError::UnknownSchema(_)) {
+        "unknown_schema"
+    } else {
+        "undecodable"
     }
 }
 

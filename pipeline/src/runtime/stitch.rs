@@ -26,7 +26,6 @@ use crate::config::Config;
 use crate::pii::Pseudonymizer;
 use crate::stitch::{identifiers, IdentityGraph, Merge};
 use crate::Error;
-use journey_connectors::metrics;
 use journey_connectors::now_ms;
 use journey_connectors::publish::DeadLetter;
 use journey_schemas::validate::{validate_event, Limits};
@@ -159,7 +158,7 @@ pub async fn stitch(
                 let origin = || format!("{}/{}/{}", msg.topic(), msg.partition(), msg.offset());
                 let rejected = match codec.decode_event(payload) {
                     Err(e) => {
-                        let reason = if matches!(e, journey_schemas::ContractError::UnknownSchema(_)) { "unknown_schema" } else { "undecodable" };
+                        let reason = super::decode_reason(&e);
                         Err((reason, e.to_string()))
                     }
                     Ok(d) => validate_event(&d.value, now_ms(), &limits).map(|()| d.value).map_err(|r| (r.code, r.detail)),
@@ -167,17 +166,10 @@ pub async fn stitch(
                 let event = match rejected {
                     Ok(e) => e,
                     Err((reason, detail)) => {
-                        metrics::events_rejected("process", reason, 1);
-                        metrics::dead_lettered("process", 1);
-                        tracing::warn!(origin = %origin(), reason, detail = %detail, "record dead-lettered");
                         summary.dead_lettered += 1;
                         let o = origin();
                         let dl = DeadLetter { key: msg.key(), payload, reason, detail: &detail, stage: "process", origin: &o };
-                        let mut record = FutureRecord::to(&cfg.topics.dlq).payload(payload).headers(dl.headers());
-                        if let Some(k) = msg.key() {
-                            record = record.key(k);
-                        }
-                        send(&mut pending, &producer, record);
+                        super::send_dead_letter(&mut pending, &producer, &cfg.topics.dlq, reason, dl);
                         continue;
                     }
                 };
