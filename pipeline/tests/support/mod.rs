@@ -216,3 +216,46 @@ pub async fn wait_exit(child: &mut std::process::Child, timeout: Duration) -> st
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Events in the stream of [`child_stream`].
+pub const CHILD_STREAM_EVENTS: u64 = 40_000;
+
+/// Topics, tables and a published stream for tests that run `journey process` children:
+/// 40 000 generated events with disorder, duplicates and anonymous installs; short flushes
+/// so a stop can land mid-stream. `tune` adjusts the config before anything is created.
+pub async fn child_stream(seed: u64, tune: impl FnOnce(&mut Config)) -> (Config, Vec<ChannelEvent>) {
+    use journey_connectors::generator::Disorder;
+    let brokers = kafka_brokers();
+    require_tcp("Kafka broker", &brokers);
+    let mut cfg = test_config(&brokers);
+    cfg.process.flush_interval = Duration::from_millis(300);
+    cfg.process.max_batch_rows = 2000;
+    tune(&mut cfg);
+    journey_connectors::topics::create_topics(&cfg.kafka, 1, &cfg.topics.specs()).await.unwrap();
+    journey_pipeline::migrate::migrate(&cfg.clickhouse).await.unwrap();
+    let gen = GeneratorConfig {
+        customers: 800,
+        events: Some(CHILD_STREAM_EVENTS),
+        seed,
+        anonymous_app_share: 0.5,
+        disorder: Disorder { delayed_share: 0.1, duplicate_share: 0.03, ..Disorder::default() },
+        ..GeneratorConfig::default()
+    };
+    let events = publish_generated(&cfg, gen);
+    (cfg, events)
+}
+
+/// Waits until `events` holds at least `rows` rows, failing after two minutes or when `child`
+/// exits first; returns the row count then.
+pub async fn wait_for_rows(cfg: &Config, rows: u64, child: &mut std::process::Child) -> u64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let n = event_rows(cfg).await;
+        if n >= rows {
+            return n;
+        }
+        assert!(std::time::Instant::now() < deadline, "no progress ({n} rows)");
+        assert!(child.try_wait().unwrap().is_none(), "the process exited early");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
