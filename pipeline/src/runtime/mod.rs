@@ -18,13 +18,13 @@ pub mod stitch;
 
 use crate::config::Config;
 use crate::pii::Pseudonymizer;
-use crate::sessionize::{Admission, SessionEvent, SessionParams, Sessionizer};
+use crate::sessionize::{Admission, Emitted, SessionEvent, SessionParams, Sessionizer};
 use crate::sink::clickhouse::{batch_token, client, Backoff, ClickHouseSink, EventRow, SessionRow};
 use crate::Error;
 use journey_connectors::metrics;
 use journey_connectors::now_ms;
 use journey_connectors::publish::DeadLetter;
-use journey_schemas::{Codec, Session};
+use journey_schemas::Codec;
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
@@ -197,7 +197,7 @@ pub struct Processor {
     params: SessionParams,
     partitions: HashMap<i32, PartitionState>,
     event_rows: Vec<EventRow>,
-    sessions: Vec<Session>,
+    sessions: Vec<Emitted>,
     pending: Vec<DeliveryFuture>,
     summary: ProcessSummary,
 }

@@ -40,7 +40,7 @@ pub struct Meta {
 /// Encodes a customer snapshot.
 pub fn encode_customer(codec: &Codec, s: &CustomerSnapshot) -> Vec<u8> {
     let mut w = Writer::new(Vec::with_capacity(64 + s.events.len() * 160));
-    w.long(1); // format version
+    w.long(2); // format version: 2 added the region of each event
     w.string(&s.key);
     w.long(s.events.len() as i64);
     for e in &s.events {
@@ -48,6 +48,7 @@ pub fn encode_customer(codec: &Codec, s: &CustomerSnapshot) -> Vec<u8> {
         w.string(&e.id);
         w.long(e.channel.index() as i64);
         w.opt_string(e.topic.as_deref());
+        w.opt_string(e.region.as_deref());
         w.boolean(e.assisted);
         w.long(e.offset);
         w.long(e.moves as i64);
@@ -81,8 +82,9 @@ fn bytes<'a>(r: &mut Reader<'a>, buf: &'a [u8], len: i64) -> Result<&'a [u8], Co
 /// Decodes a customer snapshot.
 pub fn decode_customer(codec: &Codec, buf: &[u8]) -> Result<CustomerSnapshot, ContractError> {
     let mut r = Reader::new(buf);
-    if r.long()? != 1 {
-        return Err(ContractError::Malformed("unknown state format".into()));
+    let format = r.long()?;
+    if !(1..=2).contains(&format) {
+        return Err(ContractError::Malformed(format!("unknown state format {format}")));
     }
     let key = r.string()?;
     let n = r.long()?;
@@ -93,12 +95,13 @@ pub fn decode_customer(codec: &Codec, buf: &[u8]) -> Result<CustomerSnapshot, Co
         let ch = r.long()?;
         let channel = usize::try_from(ch).ok().and_then(|i| Channel::ALL.get(i).copied()).unwrap_or(Channel::Other);
         let topic = r.opt_string()?.map(Arc::from);
+        let region = if format >= 2 { r.opt_string()?.map(Arc::from) } else { None };
         let assisted = r.boolean()?;
         let offset = r.long()?;
         let moves = r.long()? as u64;
         let len = r.long()?;
         let payload = if len < 0 { None } else { Some(Arc::from(bytes(&mut r, buf, len)?)) };
-        events.push(SessionEvent { time, id, channel, topic, assisted, offset, payload, moves });
+        events.push(SessionEvent { time, id, channel, topic, region, assisted, offset, payload, moves });
     }
     let n = r.long()?;
     let mut emitted = Vec::new();
@@ -199,6 +202,7 @@ mod tests {
                 id: "e1".into(),
                 channel: Channel::Ivr,
                 topic: Some("balance".into()),
+                region: Some("north".into()),
                 assisted: true,
                 offset: 42,
                 payload: Some(Arc::from(&b"\x00\x01raw"[..])),

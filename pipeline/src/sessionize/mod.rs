@@ -41,6 +41,8 @@ pub struct SessionEvent {
     pub channel: Channel,
     /// Topic, interned.
     pub topic: Option<Arc<str>>,
+    /// Region, interned.
+    pub region: Option<Arc<str>>,
     /// `event_type == "contact.start"`.
     pub assisted: bool,
     /// Input offset it came from (the runtime commits no further than the oldest unfinished one).
@@ -59,6 +61,7 @@ impl SessionEvent {
             id: e.event_id.as_str().into(),
             channel: e.channel,
             topic: e.topic.as_deref().map(Arc::from),
+            region: e.region.as_deref().map(Arc::from),
             assisted: e.event_type == "contact.start",
             offset: 0,
             payload: None,
@@ -151,14 +154,69 @@ pub fn build_session(customer: &str, events: &[SessionEvent]) -> Session {
     }
 }
 
+/// A change of channel between consecutive events of a session: one edge of the process map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transition {
+    /// Channel of the earlier event.
+    pub from: Channel,
+    /// Channel of the later event (different from `from`).
+    pub to: Channel,
+    /// Event time of the later event: the moment the customer arrived in `to`.
+    pub time: i64,
+    /// Time since the earlier event, in milliseconds.
+    pub gap_ms: i64,
+}
+
+/// The channel transitions of one session's sorted events, aligned with its `path`: the k-th
+/// transition goes from the k-th to the (k+1)-th channel of the path.
+pub fn transitions(events: &[SessionEvent]) -> Vec<Transition> {
+    events
+        .windows(2)
+        .filter(|w| w[0].channel != w[1].channel)
+        .map(|w| Transition { from: w[0].channel, to: w[1].channel, time: w[1].time, gap_ms: w[1].time - w[0].time })
+        .collect()
+}
+
+/// One output of the sessionizer: a session record (new, changed or retracted) with what the
+/// analytics tables need beyond the `journey.Session` contract.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Emitted {
+    /// The record published to `journey.sessions`.
+    pub session: Session,
+    /// Region of the session's first event that has one.
+    pub region: Option<Arc<str>>,
+    /// Channel transitions (empty for a retraction).
+    pub transitions: Vec<Transition>,
+}
+
+impl Emitted {
+    /// A live session built from its sorted events.
+    pub fn live(session: Session, events: &[SessionEvent]) -> Emitted {
+        Emitted { session, region: events.iter().find_map(|e| e.region.clone()), transitions: transitions(events) }
+    }
+
+    /// A retraction: the record alone.
+    pub fn retraction(session: Session) -> Emitted {
+        Emitted { session, region: None, transitions: Vec::new() }
+    }
+}
+
+impl std::ops::Deref for Emitted {
+    type Target = Session;
+
+    fn deref(&self) -> &Session {
+        &self.session
+    }
+}
+
 /// Batch computation: the sessions of one customer's complete event set (any order, duplicates
 /// by event id counted once). The streaming operator must end up equal to this.
-pub fn batch_sessions(customer: &str, events: &[SessionEvent], p: &SessionParams) -> Vec<Session> {
+pub fn batch_sessions(customer: &str, events: &[SessionEvent], p: &SessionParams) -> Vec<Emitted> {
     let mut sorted = events.to_vec();
     sorted.sort_by(|a, b| a.key().cmp(&b.key()));
     let mut seen = std::collections::HashSet::new();
     sorted.retain(|e| seen.insert(e.id.clone()));
-    cut_sessions(&sorted, p).into_iter().map(|r| build_session(customer, &sorted[r])).collect()
+    cut_sessions(&sorted, p).into_iter().map(|r| Emitted::live(build_session(customer, &sorted[r.clone()]), &sorted[r])).collect()
 }
 
 /// What happened to one input event.
@@ -242,7 +300,7 @@ impl Sessionizer {
 
     /// Restores a customer's state from a checkpoint (replacing any it had), then re-arms its
     /// timer; anything the restored watermark already closes but was not emitted goes to `out`.
-    pub fn restore(&mut self, snap: CustomerSnapshot, out: &mut Vec<Session>) {
+    pub fn restore(&mut self, snap: CustomerSnapshot, out: &mut Vec<Emitted>) {
         let mut discard = Vec::new();
         self.take_customer_quietly(&snap.key, &mut discard);
         let idx = self.slot_for(&snap.key);
@@ -259,7 +317,7 @@ impl Sessionizer {
         self.watermark = watermark;
     }
 
-    fn take_customer_quietly(&mut self, customer: &str, out: &mut Vec<Session>) {
+    fn take_customer_quietly(&mut self, customer: &str, out: &mut Vec<Emitted>) {
         let _ = self.take_customer(customer, out);
         self.dirty.remove(customer);
     }
@@ -309,7 +367,7 @@ impl Sessionizer {
     }
 
     /// Folds one event of `customer` (its canonical key); outputs go to `out`.
-    pub fn admit(&mut self, customer: &str, ev: SessionEvent, out: &mut Vec<Session>) -> Admission {
+    pub fn admit(&mut self, customer: &str, ev: SessionEvent, out: &mut Vec<Emitted>) -> Admission {
         if self.watermark != i64::MIN && ev.time < self.watermark.saturating_sub(self.params.horizon_ms) {
             return Admission::TooLate;
         }
@@ -338,7 +396,7 @@ impl Sessionizer {
     }
 
     /// Advances the watermark and emits every session that closed.
-    pub fn advance(&mut self, watermark: i64, out: &mut Vec<Session>) {
+    pub fn advance(&mut self, watermark: i64, out: &mut Vec<Emitted>) {
         if watermark <= self.watermark {
             return;
         }
@@ -357,7 +415,7 @@ impl Sessionizer {
 
     /// Recomputes one customer's sessions, emits what closed or changed, retracts what vanished,
     /// prunes what is past the horizon, and re-arms its timer.
-    fn reconcile(&mut self, idx: usize, out: &mut Vec<Session>) {
+    fn reconcile(&mut self, idx: usize, out: &mut Vec<Emitted>) {
         let p = self.params;
         let wm = self.watermark;
         let floor = self.version_floor;
@@ -379,7 +437,7 @@ impl Sessionizer {
                 };
                 if changed {
                     s.version = c.emitted.get(&s.session_id).map_or(floor, |prev| (prev.version + 1).max(floor));
-                    out.push(s.clone());
+                    out.push(Emitted::live(s.clone(), &c.events[r.clone()]));
                     c.emitted.insert(s.session_id.clone(), s.clone());
                 }
                 // Whole sessions beyond the horizon can no longer change: prune them.
@@ -406,7 +464,7 @@ impl Sessionizer {
             if !prev.retracted && !live_ids.contains(id) {
                 prev.version = (prev.version + 1).max(floor);
                 prev.retracted = true;
-                out.push(prev.clone());
+                out.push(Emitted::retraction(prev.clone()));
             }
         }
         if prune_before > 0 {
@@ -465,7 +523,7 @@ impl Sessionizer {
     /// Removes a customer's state (its key was merged into another customer): emits a
     /// retraction for each of its emitted sessions and returns its retained events, which the
     /// caller re-publishes under the new key.
-    pub fn take_customer(&mut self, customer: &str, out: &mut Vec<Session>) -> Vec<SessionEvent> {
+    pub fn take_customer(&mut self, customer: &str, out: &mut Vec<Emitted>) -> Vec<SessionEvent> {
         let Some(idx) = self.index.remove(customer) else { return Vec::new() };
         self.dirty.insert(customer.to_string());
         let floor = self.version_floor;
@@ -479,14 +537,14 @@ impl Sessionizer {
         for mut s in retractions {
             s.version = (s.version + 1).max(floor);
             s.retracted = true;
-            out.push(s);
+            out.push(Emitted::retraction(s));
         }
         state.events
     }
 
     /// Emits every session as if event time had ended (used when a replay is complete and
     /// for tests); pruning then empties the state.
-    pub fn flush_all(&mut self, out: &mut Vec<Session>) {
+    pub fn flush_all(&mut self, out: &mut Vec<Emitted>) {
         self.advance(i64::MAX / 4, out);
     }
 }
@@ -506,13 +564,13 @@ fn same_content(a: &Session, b: &Session) -> bool {
 
 impl Operator for Sessionizer {
     type In = (String, SessionEvent);
-    type Out = Session;
+    type Out = Emitted;
 
-    fn on_event(&mut self, (customer, ev): Self::In, out: &mut Vec<Session>) {
+    fn on_event(&mut self, (customer, ev): Self::In, out: &mut Vec<Emitted>) {
         self.admit(&customer, ev, out);
     }
 
-    fn on_watermark(&mut self, watermark: i64, out: &mut Vec<Session>) {
+    fn on_watermark(&mut self, watermark: i64, out: &mut Vec<Emitted>) {
         self.advance(watermark, out);
     }
 }

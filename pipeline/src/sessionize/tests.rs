@@ -5,12 +5,12 @@ use std::collections::BTreeMap;
 const P: SessionParams = SessionParams { gap_ms: 30 * 60_000, max_duration_ms: 4 * 3_600_000, horizon_ms: 24 * 3_600_000 };
 
 fn ev(time: i64, id: &str, channel: Channel) -> SessionEvent {
-    SessionEvent { time, id: id.into(), channel, topic: None, assisted: false, offset: 0, payload: None, moves: 0 }
+    SessionEvent { time, id: id.into(), channel, topic: None, region: None, assisted: false, offset: 0, payload: None, moves: 0 }
 }
 
 /// Latest version of every session id, non-retracted, version cleared: the "final state".
-fn final_state(out: &[Session]) -> BTreeMap<String, Session> {
-    let mut latest: BTreeMap<String, Session> = BTreeMap::new();
+fn final_state(out: &[Emitted]) -> BTreeMap<String, Emitted> {
+    let mut latest: BTreeMap<String, Emitted> = BTreeMap::new();
     for s in out {
         match latest.get(&s.session_id) {
             Some(prev) if prev.version > s.version => {}
@@ -23,7 +23,7 @@ fn final_state(out: &[Session]) -> BTreeMap<String, Session> {
         .into_iter()
         .filter(|(_, s)| !s.retracted)
         .map(|(k, mut s)| {
-            s.version = 0;
+            s.session.version = 0;
             (k, s)
         })
         .collect()
@@ -37,6 +37,32 @@ fn gap_boundary_is_exclusive() {
     assert_eq!(s[0].event_count, 2);
     assert_eq!(s[0].path, "APP>IVR");
     assert_eq!(s[1].path, "CHAT");
+}
+
+#[test]
+fn transitions_follow_the_path_with_the_time_since_the_previous_event() {
+    let mut evs = vec![
+        ev(0, "a", Channel::App),
+        ev(60_000, "b", Channel::App),
+        ev(180_000, "c", Channel::Ivr),
+        ev(200_000, "d", Channel::ContactCentre),
+        ev(260_000, "e", Channel::App),
+    ];
+    evs[2].region = Some("north".into());
+    let s = batch_sessions("c:1", &evs, &P);
+    assert_eq!(s.len(), 1);
+    assert_eq!(s[0].path, "APP>IVR>CONTACT_CENTRE>APP");
+    let t: Vec<_> = s[0].transitions.iter().map(|t| (t.from, t.to, t.time, t.gap_ms)).collect();
+    assert_eq!(
+        t,
+        [
+            (Channel::App, Channel::Ivr, 180_000, 120_000),
+            (Channel::Ivr, Channel::ContactCentre, 200_000, 20_000),
+            (Channel::ContactCentre, Channel::App, 260_000, 60_000),
+        ]
+    );
+    assert_eq!(s[0].region.as_deref(), Some("north"), "the first region seen in the session");
+    assert_eq!(s[0].transitions.len() + 1, s[0].path.split('>').count());
 }
 
 #[test]
@@ -126,7 +152,7 @@ proptest! {
         let base = 1_700_000_000_000i64;
         // Event ids are unique (a random prefix shuffles the order of ties in time).
         let events: Vec<(String, SessionEvent)> = raw.iter().enumerate().map(|(i, &(c, m, id, ch))| {
-            (format!("c:{c}"), SessionEvent { time: base + m * 60_000, id: format!("{id:05}-{i:03}").into(), channel: Channel::ALL[ch as usize], topic: None, assisted: ch == 5, offset: 0, payload: None, moves: 0 })
+            (format!("c:{c}"), SessionEvent { time: base + m * 60_000, id: format!("{id:05}-{i:03}").into(), channel: Channel::ALL[ch as usize], topic: None, region: (ch % 3 == 1).then(|| Arc::from(format!("r{}", id % 3))), assisted: ch == 5, offset: 0, payload: None, moves: 0 })
         }).collect();
         // Arrival order: event time plus a random delay of up to 20 hours (within the 24 h horizon).
         let mut arrival: Vec<usize> = (0..events.len()).collect();

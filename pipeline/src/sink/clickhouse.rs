@@ -6,9 +6,10 @@
 //! sorting key and collapse in the ReplacingMergeTree tables.
 
 use crate::config::ClickHouseConfig;
+use crate::sessionize::Emitted;
 use clickhouse::{Client, Compression, Row, RowOwned, RowWrite};
 use journey_connectors::metrics;
-use journey_schemas::{ChannelEvent, Session};
+use journey_schemas::ChannelEvent;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -105,10 +106,21 @@ pub struct SessionRow {
     pub version: u64,
     /// Retracted.
     pub retracted: bool,
+    /// Region of the first event that has one ('' if none).
+    pub region: String,
+    /// Channel transitions, aligned with `path`: from channel.
+    pub tr_from: Vec<String>,
+    /// To channel.
+    pub tr_to: Vec<String>,
+    /// Event time of the first event on the new channel, epoch ms.
+    pub tr_time: Vec<i64>,
+    /// Time since the previous event, ms.
+    pub tr_gap_ms: Vec<i64>,
 }
 
-impl From<&Session> for SessionRow {
-    fn from(s: &Session) -> SessionRow {
+impl From<&Emitted> for SessionRow {
+    fn from(e: &Emitted) -> SessionRow {
+        let s = &e.session;
         SessionRow {
             session_id: s.session_id.clone(),
             customer_id: s.customer_id.clone(),
@@ -124,6 +136,11 @@ impl From<&Session> for SessionRow {
             last_event_id: s.last_event_id.clone(),
             version: u64::try_from(s.version).unwrap_or(0),
             retracted: s.retracted,
+            region: e.region.as_deref().unwrap_or_default().to_string(),
+            tr_from: e.transitions.iter().map(|t| t.from.as_str().to_string()).collect(),
+            tr_to: e.transitions.iter().map(|t| t.to.as_str().to_string()).collect(),
+            tr_time: e.transitions.iter().map(|t| t.time).collect(),
+            tr_gap_ms: e.transitions.iter().map(|t| t.gap_ms).collect(),
         }
     }
 }

@@ -43,6 +43,9 @@ pub struct SessionKey {
     pub end_time: i64,
     pub event_count: u32,
     pub path: String,
+    pub region: String,
+    pub tr_time: Vec<i64>,
+    pub tr_gap_ms: Vec<i64>,
 }
 
 #[derive(Debug, clickhouse::Row, serde::Deserialize)]
@@ -98,7 +101,8 @@ pub fn expected(cfg: &Config, events: &[ChannelEvent]) -> Outcome {
         horizon_ms: p.correction_horizon.as_millis() as i64,
     };
     for (c, evs) in &by_customer {
-        for s in batch_sessions(c, evs, &params) {
+        for e in batch_sessions(c, evs, &params) {
+            let s = e.session;
             out.sessions.insert(SessionKey {
                 session_id: s.session_id,
                 customer_id: s.customer_id,
@@ -106,6 +110,9 @@ pub fn expected(cfg: &Config, events: &[ChannelEvent]) -> Outcome {
                 end_time: s.end_time,
                 event_count: s.event_count as u32,
                 path: s.path,
+                region: e.region.as_deref().unwrap_or_default().to_string(),
+                tr_time: e.transitions.iter().map(|t| t.time).collect(),
+                tr_gap_ms: e.transitions.iter().map(|t| t.gap_ms).collect(),
             });
         }
     }
@@ -116,7 +123,7 @@ pub fn expected(cfg: &Config, events: &[ChannelEvent]) -> Outcome {
 pub async fn in_clickhouse(cfg: &Config) -> Outcome {
     let ch = journey_pipeline::sink::clickhouse::client(&cfg.clickhouse);
     let sessions = ch
-        .query("SELECT session_id, customer_id, start_time, end_time, event_count, path FROM sessions_current")
+        .query("SELECT session_id, customer_id, start_time, end_time, event_count, path, region, tr_time, tr_gap_ms FROM sessions_current")
         .fetch_all::<SessionKey>()
         .await
         .unwrap()
