@@ -5,6 +5,7 @@
 //! Processors are pure per-partition folds ([`operator::Operator`]); the runtime owns all I/O.
 
 pub mod config;
+pub mod detect;
 pub mod migrate;
 pub mod operator;
 pub mod pii;

@@ -346,6 +346,25 @@ impl Sessionizer {
         self.watermark
     }
 
+    /// Id of the session that contains event `(time, event_id)` of `customer` in the current
+    /// cut, if that event is retained. Walks the cut like [`cut_sessions`] without allocating.
+    pub fn session_of(&self, customer: &str, time: i64, event_id: &str) -> Option<String> {
+        let c = &self.customers[*self.index.get(customer)?];
+        let pos = c.events.partition_point(|e| e.key() < (time, event_id.as_bytes()));
+        if c.events.get(pos).is_none_or(|e| &*e.id != event_id) {
+            return None;
+        }
+        let p = &self.params;
+        let mut start = 0;
+        for i in 1..=pos {
+            let gap = c.events[i].time - c.events[i - 1].time;
+            if gap >= p.gap_ms || c.events[i].time - c.events[start].time > p.max_duration_ms {
+                start = i;
+            }
+        }
+        Some(session_id(&c.key, &c.events[start].id))
+    }
+
     /// Sets the lowest version of future emissions.
     pub fn set_version_floor(&mut self, v: i64) {
         self.version_floor = self.version_floor.max(v);

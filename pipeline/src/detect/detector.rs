@@ -1,0 +1,672 @@
+//! The incremental scenario detector: one per input partition, state per customer.
+//!
+//! State, per customer, and what bounds it: only events that match some predicate of some
+//! rule are kept, each until `watermark - horizon - W` passes it (W = the largest window of
+//! the rules whose predicates it matches): after that no hit that can still change (detection
+//! time >= `watermark - horizon`) can include it, whether as a step, a counted event, an
+//! absence trigger or a follower. Emitted hits are kept until final (detection time older than
+//! `watermark - horizon`), absence triggers until their window closes. Events older than
+//! `watermark - horizon` are refused by the runtime before they reach the detector.
+//!
+//! In-order events (after every retained event of the customer, and not behind the watermark)
+//! take the fast path: only the rules they complete are searched, backwards within their
+//! window. Anything else recomputes the customer's non-final hits from the retained events
+//! and emits the difference: new hits, changed ones with a higher version, vanished ones with
+//! `retracted = true` (kept as tombstones so a re-appearance gets a still higher version).
+
+use super::eval::{absence_open, build_hit, completes, detection_time, hit_at, DetectEvent, Found, Matched, View};
+use super::rules::{RuleSet, Shape};
+use super::DetectedHit;
+use crate::sessionize::{fnv1a, Sessionizer};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+/// Where the detector learns the session of an event. The runtime admits each event to the
+/// sessionizer before the detector, so the lookup sees the current cut.
+pub trait SessionLookup {
+    /// Id of the session that contains event `(time, event_id)` of `customer`, if known.
+    fn session_of(&self, customer: &str, time: i64, event_id: &str) -> Option<String>;
+}
+
+/// A lookup that knows no session (hits carry `session_id = None`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoSessions;
+
+impl SessionLookup for NoSessions {
+    fn session_of(&self, _: &str, _: i64, _: &str) -> Option<String> {
+        None
+    }
+}
+
+impl SessionLookup for Sessionizer {
+    fn session_of(&self, customer: &str, time: i64, event_id: &str) -> Option<String> {
+        Sessionizer::session_of(self, customer, time, event_id)
+    }
+}
+
+/// The last emitted record of a hit id (tombstones included), for checkpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmittedHit {
+    /// The record as last emitted.
+    pub hit: DetectedHit,
+    /// Time of its trigger event (for absence hits, `event_time - within`).
+    pub trigger_time: i64,
+}
+
+/// An absence trigger whose window is still open, for checkpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingAbsence {
+    /// Rule name.
+    pub rule: String,
+    /// Rule version.
+    pub rule_version: u32,
+    /// Trigger event time.
+    pub trigger_time: i64,
+    /// Trigger event id.
+    pub trigger_id: String,
+    /// Session of the trigger when last looked up: the session store may have forgotten it
+    /// by the time the window closes.
+    pub session_hint: Option<String>,
+}
+
+/// Everything the detector keeps for one customer.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DetectSnapshot {
+    /// Canonical customer key.
+    pub key: String,
+    /// Retained events, sorted by (time, id).
+    pub events: Vec<DetectEvent>,
+    /// Absence triggers waiting for the watermark.
+    pub pending: Vec<PendingAbsence>,
+    /// Last emitted record of each non-final hit id, sorted by hit id.
+    pub emitted: Vec<EmittedHit>,
+}
+
+/// A retained event.
+#[derive(Debug, Clone)]
+struct Kept {
+    m: Matched,
+    /// Hash of the id, to look for duplicates without comparing strings.
+    tag: u64,
+    /// Dropped once the watermark is past this: time + horizon + longest window it matters to.
+    expires: i64,
+}
+
+impl View for Kept {
+    fn mv(&self) -> &Matched {
+        &self.m
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Pending {
+    /// Trigger time + within; the hit is due once the watermark is past it.
+    deadline: i64,
+    rule: usize,
+    time: i64,
+    id: Arc<str>,
+    session: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct CustomerState {
+    key: String,
+    /// Kept events, sorted by (time, id).
+    events: Vec<Kept>,
+    /// Absence triggers whose window is still open.
+    pending: Vec<Pending>,
+    /// Last emitted record per hit id.
+    emitted: BTreeMap<String, EmittedHit>,
+    /// Deadline in the timer set, if any.
+    timer: Option<i64>,
+    /// Listed in `Detector::dirty_slots`.
+    dirty: bool,
+}
+
+/// The per-partition scenario detector (see the module docs for semantics and bounds).
+#[derive(Debug)]
+pub struct Detector {
+    rules: Arc<RuleSet>,
+    horizon_ms: i64,
+    index: HashMap<String, usize>,
+    customers: Vec<CustomerState>,
+    free: Vec<usize>,
+    /// (deadline, slot): the slot needs attention once the watermark is past the deadline.
+    timers: BTreeSet<(i64, usize)>,
+    watermark: i64,
+    version_floor: i64,
+    dirty_slots: Vec<usize>,
+    dirty_removed: Vec<String>,
+}
+
+impl Detector {
+    /// An empty detector; events older than `watermark - horizon_ms` must not be admitted.
+    pub fn new(rules: Arc<RuleSet>, horizon_ms: i64) -> Detector {
+        Detector {
+            rules,
+            horizon_ms: horizon_ms.max(0),
+            index: HashMap::new(),
+            customers: Vec::new(),
+            free: Vec::new(),
+            timers: BTreeSet::new(),
+            watermark: i64::MIN,
+            version_floor: 1,
+            dirty_slots: Vec::new(),
+            dirty_removed: Vec::new(),
+        }
+    }
+
+    /// The rules in force.
+    pub fn rules(&self) -> &Arc<RuleSet> {
+        &self.rules
+    }
+
+    /// Current watermark.
+    pub fn watermark(&self) -> i64 {
+        self.watermark
+    }
+
+    /// Sets the lowest version of future emissions.
+    pub fn set_version_floor(&mut self, v: i64) {
+        self.version_floor = self.version_floor.max(v);
+    }
+
+    /// Sets the watermark without emitting (restoring a checkpoint).
+    pub fn restore_watermark(&mut self, wm: i64) {
+        self.watermark = wm;
+    }
+
+    /// Customers with state.
+    pub fn customers(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Retained events in all.
+    pub fn retained_events(&self) -> usize {
+        self.customers.iter().map(|c| c.events.len()).sum()
+    }
+
+    /// Keys whose state changed since the last call (checkpointing), and forgets them.
+    pub fn take_dirty(&mut self) -> Vec<String> {
+        let mut keys = std::mem::take(&mut self.dirty_removed);
+        for idx in std::mem::take(&mut self.dirty_slots) {
+            let c = &mut self.customers[idx];
+            if c.dirty {
+                c.dirty = false;
+                keys.push(c.key.clone());
+            }
+        }
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+
+    fn mark_dirty(&mut self, idx: usize) {
+        let c = &mut self.customers[idx];
+        if !c.dirty {
+            c.dirty = true;
+            self.dirty_slots.push(idx);
+        }
+    }
+
+    fn slot_for(&mut self, customer: &str) -> usize {
+        if let Some(&i) = self.index.get(customer) {
+            return i;
+        }
+        let state = CustomerState { key: customer.to_string(), ..Default::default() };
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.customers[i] = state;
+                i
+            }
+            None => {
+                self.customers.push(state);
+                self.customers.len() - 1
+            }
+        };
+        self.index.insert(customer.to_string(), i);
+        i
+    }
+
+    /// Drops a slot's state; its key is reported dirty (so the checkpoint forgets it).
+    fn release(&mut self, idx: usize) {
+        let state = std::mem::take(&mut self.customers[idx]);
+        if let Some(t) = state.timer {
+            self.timers.remove(&(t, idx));
+        }
+        self.index.remove(&state.key);
+        self.dirty_removed.push(state.key);
+        self.free.push(idx);
+    }
+
+    /// Folds one event of `customer`; returns false when its id is already retained (a
+    /// duplicate). Every event must be passed, even those no rule matches: they are not
+    /// kept, but one arriving before retained events may have re-cut sessions, so the
+    /// session ids of live hits are refreshed. Duplicates of events no rule matches are not
+    /// recognised (they cannot change any hit).
+    pub fn admit(&mut self, customer: &str, ev: DetectEvent, sessions: &dyn SessionLookup, out: &mut Vec<DetectedHit>) -> bool {
+        if self.watermark != i64::MIN && ev.time < self.watermark.saturating_sub(self.horizon_ms) {
+            // The runtime routes these to the late topic before they get here.
+            return true;
+        }
+        let bits = self.rules.match_bits(&ev);
+        if bits.is_empty() {
+            if let Some(&idx) = self.index.get(customer) {
+                if self.customers[idx].events.last().is_some_and(|l| l.m.ev.key() > ev.key()) {
+                    self.refresh_sessions(idx, sessions, out);
+                }
+            }
+            return true;
+        }
+        let tag = fnv1a(ev.id.as_bytes(), b"", 0);
+        if let Some(&idx) = self.index.get(customer) {
+            if self.customers[idx].events.iter().any(|k| k.tag == tag && k.m.ev.id == ev.id) {
+                return false;
+            }
+        }
+        let idx = self.slot_for(customer);
+        self.mark_dirty(idx);
+        let expires = ev.time.saturating_add(self.horizon_ms).saturating_add(self.rules.keep_ms(&bits));
+        let late = ev.time < self.watermark;
+        let c = &mut self.customers[idx];
+        let pos = match c.events.last() {
+            None => 0,
+            Some(last) if last.m.ev.key() < ev.key() => c.events.len(),
+            Some(_) => c.events.partition_point(|k| k.m.ev.key() < ev.key()),
+        };
+        let in_order = pos == c.events.len() && !late;
+        c.events.insert(pos, Kept { m: Matched { ev, bits }, tag, expires });
+        if in_order {
+            self.on_append(idx, sessions, out);
+        } else {
+            self.reconcile(idx, sessions, out);
+        }
+        true
+    }
+
+    /// Fast path: the last retained event is new and in order, so only hits it completes can
+    /// appear; nothing emitted can change.
+    fn on_append(&mut self, idx: usize, sessions: &dyn SessionLookup, out: &mut Vec<DetectedHit>) {
+        let rules = Arc::clone(&self.rules);
+        let floor = self.version_floor;
+        let horizon = self.horizon_ms;
+        let c = &mut self.customers[idx];
+        let k = c.events.len() - 1;
+        let mut next = c.events[k].expires;
+        let ev = &c.events[k].m.ev;
+        for (ri, r) in rules.compiled.iter().enumerate() {
+            if !completes(r, &c.events[k].m) {
+                continue;
+            }
+            if let Shape::Absence { .. } = r.shape {
+                let deadline = ev.time.saturating_add(r.within_ms);
+                let session = sessions.session_of(&c.key, ev.time, &ev.id);
+                c.pending.push(Pending { deadline, rule: ri, time: ev.time, id: ev.id.clone(), session });
+                next = next.min(deadline);
+            } else if let Some(matched) = hit_at(&rules, ri, &c.events, k) {
+                let session = sessions.session_of(&c.key, ev.time, &ev.id);
+                let hit = build_hit(&rules, &c.key, &c.events, &Found { rule: ri, matched }, session);
+                next = next.min(hit.hit.event_time.saturating_add(horizon));
+                put(&mut c.emitted, floor, hit, ev.time, out);
+            }
+        }
+        self.arm(idx, next);
+    }
+
+    /// Moves the slot's timer earlier if `deadline` is before it.
+    fn arm(&mut self, idx: usize, deadline: i64) {
+        let c = &mut self.customers[idx];
+        match c.timer {
+            Some(t) if t <= deadline => {}
+            old => {
+                if let Some(t) = old {
+                    self.timers.remove(&(t, idx));
+                }
+                c.timer = Some(deadline);
+                self.timers.insert((deadline, idx));
+            }
+        }
+    }
+
+    /// Sets the slot's timer to its earliest deadline, or frees the slot if it holds nothing.
+    fn rearm(&mut self, idx: usize) {
+        let horizon = self.horizon_ms;
+        let c = &mut self.customers[idx];
+        let next = c
+            .events
+            .iter()
+            .map(|k| k.expires)
+            .chain(c.pending.iter().map(|p| p.deadline))
+            .chain(c.emitted.values().map(|e| e.hit.hit.event_time.saturating_add(horizon)))
+            .min();
+        if let Some(t) = c.timer.take() {
+            self.timers.remove(&(t, idx));
+        }
+        match next {
+            Some(d) => {
+                self.customers[idx].timer = Some(d);
+                self.timers.insert((d, idx));
+            }
+            None => self.release(idx),
+        }
+    }
+
+    /// Recomputes the customer's non-final hits from its retained events and emits the
+    /// difference with what was emitted; rebuilds its open absence triggers.
+    fn reconcile(&mut self, idx: usize, sessions: &dyn SessionLookup, out: &mut Vec<DetectedHit>) {
+        let rules = Arc::clone(&self.rules);
+        let wm = self.watermark;
+        let lo = wm.saturating_sub(self.horizon_ms);
+        let floor = self.version_floor;
+        self.mark_dirty(idx);
+        let c = &mut self.customers[idx];
+        let evs = &c.events;
+        let mut computed: BTreeMap<String, (DetectedHit, i64)> = BTreeMap::new();
+        let mut pending = Vec::new();
+        for (ri, r) in rules.compiled.iter().enumerate() {
+            for k in 0..evs.len() {
+                let ev = &evs[k].m.ev;
+                if !completes(r, &evs[k].m) || detection_time(&rules, ri, ev) < lo {
+                    continue;
+                }
+                let Some(matched) = hit_at(&rules, ri, evs, k) else { continue };
+                let det = detection_time(&rules, ri, ev);
+                let old_hint = c.pending.iter().find(|p| p.rule == ri && p.id == ev.id).and_then(|p| p.session.clone());
+                if matches!(r.shape, Shape::Absence { .. }) && det >= wm {
+                    let session = sessions.session_of(&c.key, ev.time, &ev.id).or(old_hint);
+                    pending.push(Pending { deadline: det, rule: ri, time: ev.time, id: ev.id.clone(), session });
+                    continue;
+                }
+                let f = Found { rule: ri, matched };
+                let mut hit = build_hit(&rules, &c.key, evs, &f, None);
+                hit.hit.session_id = sessions
+                    .session_of(&c.key, ev.time, &ev.id)
+                    .or_else(|| c.emitted.get(&hit.hit.hit_id).and_then(|e| e.hit.hit.session_id.clone()))
+                    .or(old_hint);
+                computed.insert(hit.hit.hit_id.clone(), (hit, ev.time));
+            }
+        }
+        let mut live = Vec::with_capacity(computed.len());
+        for (id, (hit, trigger_time)) in computed {
+            put(&mut c.emitted, floor, hit, trigger_time, out);
+            live.push(id);
+        }
+        for (id, e) in c.emitted.iter_mut() {
+            let h = &mut e.hit.hit;
+            let current = u32::try_from(h.rule_version).is_ok_and(|v| rules.position(&h.rule, v).is_some());
+            // `live` is sorted (it came from a BTreeMap).
+            if !h.retracted && h.event_time >= lo && current && live.binary_search(id).is_err() {
+                h.version = (h.version + 1).max(floor);
+                h.retracted = true;
+                out.push(e.hit.clone());
+            }
+        }
+        c.pending = pending;
+        self.prune(idx);
+        self.rearm(idx);
+    }
+
+    /// Re-reads the session of every live hit and open trigger; re-emits hits whose session changed.
+    fn refresh_sessions(&mut self, idx: usize, sessions: &dyn SessionLookup, out: &mut Vec<DetectedHit>) {
+        let lo = self.watermark.saturating_sub(self.horizon_ms);
+        let floor = self.version_floor;
+        let c = &mut self.customers[idx];
+        let mut changed = false;
+        for e in c.emitted.values_mut() {
+            let h = &mut e.hit.hit;
+            if h.retracted || h.event_time < lo {
+                continue;
+            }
+            if let Some(s) = sessions.session_of(&c.key, e.trigger_time, &h.trigger_event_id) {
+                if h.session_id.as_deref() != Some(s.as_str()) {
+                    h.session_id = Some(s);
+                    h.version = (h.version + 1).max(floor);
+                    out.push(e.hit.clone());
+                    changed = true;
+                }
+            }
+        }
+        for p in &mut c.pending {
+            if let Some(s) = sessions.session_of(&c.key, p.time, &p.id) {
+                changed |= p.session.as_deref() != Some(s.as_str());
+                p.session = Some(s);
+            }
+        }
+        if changed {
+            self.mark_dirty(idx);
+        }
+    }
+
+    /// Sessions of this customer were re-cut (by a late event the detector may not keep):
+    /// refreshes the session ids of its non-final hits and re-emits those that changed.
+    pub fn note_recut(&mut self, customer: &str, sessions: &dyn SessionLookup, out: &mut Vec<DetectedHit>) {
+        if let Some(&idx) = self.index.get(customer) {
+            self.refresh_sessions(idx, sessions, out);
+        }
+    }
+
+    /// Drops events and emitted records the watermark has made irrelevant.
+    fn prune(&mut self, idx: usize) {
+        let wm = self.watermark;
+        let horizon = self.horizon_ms;
+        let c = &mut self.customers[idx];
+        let (events, emitted) = (c.events.len(), c.emitted.len());
+        c.events.retain(|k| k.expires >= wm);
+        c.emitted.retain(|_, e| e.hit.hit.event_time.saturating_add(horizon) >= wm);
+        if events != c.events.len() || emitted != c.emitted.len() {
+            self.mark_dirty(idx);
+        }
+    }
+
+    /// Advances the watermark: emits absence hits whose window closed, prunes what expired.
+    pub fn advance(&mut self, watermark: i64, sessions: &dyn SessionLookup, out: &mut Vec<DetectedHit>) {
+        if watermark <= self.watermark {
+            return;
+        }
+        self.watermark = watermark;
+        while let Some(&(deadline, idx)) = self.timers.first() {
+            if deadline >= watermark {
+                break;
+            }
+            self.timers.pop_first();
+            if self.customers[idx].timer == Some(deadline) {
+                self.customers[idx].timer = None;
+                self.on_timer(idx, sessions, out);
+            }
+        }
+    }
+
+    fn on_timer(&mut self, idx: usize, sessions: &dyn SessionLookup, out: &mut Vec<DetectedHit>) {
+        let wm = self.watermark;
+        if self.customers[idx].pending.iter().any(|p| p.deadline < wm) {
+            let rules = Arc::clone(&self.rules);
+            let floor = self.version_floor;
+            self.mark_dirty(idx);
+            let c = &mut self.customers[idx];
+            let (mut due, rest): (Vec<Pending>, Vec<Pending>) = std::mem::take(&mut c.pending).into_iter().partition(|p| p.deadline < wm);
+            c.pending = rest;
+            due.sort_by(|a, b| (a.deadline, a.rule, a.time, &a.id).cmp(&(b.deadline, b.rule, b.time, &b.id)));
+            for p in due {
+                let Ok(t) = c.events.binary_search_by(|k| k.m.ev.key().cmp(&(p.time, p.id.as_bytes()))) else { continue };
+                let r = &rules.compiled[p.rule];
+                let Shape::Absence { followed_by, .. } = r.shape else { continue };
+                if absence_open(r, followed_by, &c.events, t) {
+                    let session = sessions.session_of(&c.key, p.time, &p.id).or(p.session);
+                    let hit = build_hit(&rules, &c.key, &c.events, &Found { rule: p.rule, matched: vec![t] }, session);
+                    put(&mut c.emitted, floor, hit, p.time, out);
+                }
+            }
+        }
+        self.prune(idx);
+        self.rearm(idx);
+    }
+
+    /// Identity merge: retracts every live hit of `customer` (emitted before) and drops its state.
+    pub fn take_customer(&mut self, customer: &str, out: &mut Vec<DetectedHit>) {
+        let Some(&idx) = self.index.get(customer) else { return };
+        let floor = self.version_floor;
+        for e in self.customers[idx].emitted.values() {
+            if !e.hit.hit.retracted {
+                let mut r = e.hit.clone();
+                r.hit.version = (r.hit.version + 1).max(floor);
+                r.hit.retracted = true;
+                out.push(r);
+            }
+        }
+        self.release(idx);
+    }
+
+    /// Replaces the rules (hot reload). They apply to evaluation from now on: emitted hits
+    /// stay as they are (hits of rules that are gone are neither changed nor retracted), and
+    /// retained events are re-matched, so a new rule sees only the events the old rules kept.
+    pub fn set_rules(&mut self, rules: Arc<RuleSet>) {
+        let old = std::mem::replace(&mut self.rules, rules);
+        let horizon = self.horizon_ms;
+        let wm = self.watermark;
+        let slots: Vec<usize> = self.index.values().copied().collect();
+        for idx in slots {
+            let rules = Arc::clone(&self.rules);
+            let c = &mut self.customers[idx];
+            let mut kept = Vec::with_capacity(c.events.len());
+            for mut k in std::mem::take(&mut c.events) {
+                k.m.bits = rules.match_bits(&k.m.ev);
+                if !k.m.bits.is_empty() {
+                    k.expires = k.m.ev.time.saturating_add(horizon).saturating_add(rules.keep_ms(&k.m.bits));
+                    kept.push(k);
+                }
+            }
+            c.events = kept;
+            let old_pending = std::mem::take(&mut c.pending);
+            for (ri, r) in rules.compiled.iter().enumerate() {
+                let Shape::Absence { followed_by, .. } = r.shape else { continue };
+                let rule = &rules.rules()[ri];
+                for (k, m) in c.events.iter().map(View::mv).enumerate() {
+                    let deadline = m.ev.time.saturating_add(r.within_ms);
+                    if deadline < wm || !completes(r, m) || !absence_open(r, followed_by, &c.events, k) {
+                        continue;
+                    }
+                    let hint = old_pending.iter().find(|p| {
+                        let o = &old.rules()[p.rule];
+                        o.name == rule.name && o.version == rule.version && p.id == m.ev.id
+                    });
+                    c.pending.push(Pending {
+                        deadline,
+                        rule: ri,
+                        time: m.ev.time,
+                        id: m.ev.id.clone(),
+                        session: hint.and_then(|p| p.session.clone()),
+                    });
+                }
+            }
+            self.mark_dirty(idx);
+            self.rearm(idx);
+        }
+    }
+
+    /// A customer's state, if it has any.
+    pub fn snapshot(&self, customer: &str) -> Option<DetectSnapshot> {
+        let c = &self.customers[*self.index.get(customer)?];
+        Some(DetectSnapshot {
+            key: c.key.clone(),
+            events: c.events.iter().map(|k| k.m.ev.clone()).collect(),
+            pending: c
+                .pending
+                .iter()
+                .map(|p| {
+                    let r = &self.rules.rules()[p.rule];
+                    PendingAbsence {
+                        rule: r.name.clone(),
+                        rule_version: r.version,
+                        trigger_time: p.time,
+                        trigger_id: p.id.to_string(),
+                        session_hint: p.session.clone(),
+                    }
+                })
+                .collect(),
+            emitted: c.emitted.values().cloned().collect(),
+        })
+    }
+
+    /// Restores a customer's state from a checkpoint (replacing any it had), re-matched
+    /// against the current rules. Absence windows the watermark already closed are emitted
+    /// by the next [`Detector::advance`].
+    pub fn restore(&mut self, snap: DetectSnapshot) {
+        if let Some(&idx) = self.index.get(&snap.key) {
+            self.release(idx);
+        }
+        let rules = Arc::clone(&self.rules);
+        let horizon = self.horizon_ms;
+        let idx = self.slot_for(&snap.key);
+        let c = &mut self.customers[idx];
+        let mut events: Vec<Kept> = snap
+            .events
+            .into_iter()
+            .filter_map(|ev| {
+                let bits = rules.match_bits(&ev);
+                if bits.is_empty() {
+                    return None;
+                }
+                let expires = ev.time.saturating_add(horizon).saturating_add(rules.keep_ms(&bits));
+                Some(Kept { tag: fnv1a(ev.id.as_bytes(), b"", 0), m: Matched { ev, bits }, expires })
+            })
+            .collect();
+        events.sort_by(|a, b| a.m.ev.key().cmp(&b.m.ev.key()));
+        c.events = events;
+        c.pending = snap
+            .pending
+            .into_iter()
+            .filter_map(|p| {
+                let ri = rules.position(&p.rule, p.rule_version)?;
+                let r = &rules.compiled[ri];
+                matches!(r.shape, Shape::Absence { .. }).then(|| Pending {
+                    deadline: p.trigger_time.saturating_add(r.within_ms),
+                    rule: ri,
+                    time: p.trigger_time,
+                    id: Arc::from(p.trigger_id.as_str()),
+                    session: p.session_hint,
+                })
+            })
+            .collect();
+        c.emitted = snap.emitted.into_iter().map(|e| (e.hit.hit.hit_id.clone(), e)).collect();
+        self.rearm(idx);
+        // Restored state is what the checkpoint already holds.
+        if let Some(&idx) = self.index.get(&snap.key) {
+            self.customers[idx].dirty = false;
+        }
+        self.dirty_removed.retain(|k| *k != snap.key);
+    }
+
+    /// Emits everything as if event time had ended (end of a replay, tests); pruning then
+    /// empties the state.
+    pub fn flush_all(&mut self, sessions: &dyn SessionLookup, out: &mut Vec<DetectedHit>) {
+        self.advance(i64::MAX / 4, sessions, out);
+    }
+}
+
+/// Emits `hit` unless the same content was the last emission of its id; versions grow.
+fn put(emitted: &mut BTreeMap<String, EmittedHit>, floor: i64, mut hit: DetectedHit, trigger_time: i64, out: &mut Vec<DetectedHit>) {
+    match emitted.get(&hit.hit.hit_id) {
+        Some(prev) if !prev.hit.hit.retracted && same_content(&prev.hit, &hit) => return,
+        Some(prev) => hit.hit.version = (prev.hit.hit.version + 1).max(floor),
+        None => hit.hit.version = floor,
+    }
+    out.push(hit.clone());
+    emitted.insert(hit.hit.hit_id.clone(), EmittedHit { hit, trigger_time });
+}
+
+fn same_content(a: &DetectedHit, b: &DetectedHit) -> bool {
+    let (x, y) = (&a.hit, &b.hit);
+    x.hit_id == y.hit_id
+        && x.rule == y.rule
+        && x.rule_version == y.rule_version
+        && x.customer_id == y.customer_id
+        && x.session_id == y.session_id
+        && x.event_time == y.event_time
+        && x.trigger_event_id == y.trigger_event_id
+        && x.matched_event_ids == y.matched_event_ids
+        && x.path == y.path
+        && x.topic == y.topic
+        && x.severity == y.severity
+        && a.channel == b.channel
+        && a.region == b.region
+}
