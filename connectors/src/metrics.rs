@@ -62,3 +62,26 @@ pub fn ingest_latency_seconds(secs: f64) {
 pub fn ingest_accepted(source: &str, n: u64) {
     counter!("journey_ingest_accepted_total", "source" => source.to_string()).increment(n);
 }
+
+/// Whether the processor has paused consumption because ClickHouse does not acknowledge (1)
+/// or consumes normally (0).
+pub fn sink_backpressure(paused: bool) {
+    metrics::gauge!("journey_sink_backpressure").set(if paused { 1.0 } else { 0.0 });
+}
+
+/// Rows and bytes the processor holds for its next ClickHouse flush (bounded by
+/// `process.max_batch_rows` / `process.max_batch_bytes` plus one poll).
+pub fn sink_buffered(rows: usize, bytes: usize) {
+    metrics::gauge!("journey_sink_buffered_rows").set(rows as f64);
+    metrics::gauge!("journey_sink_buffered_bytes").set(bytes as f64);
+}
+
+/// Scenario hits emitted, by rule and kind of record (`hit`, `update`, `retraction`).
+pub fn scenario_hits(rule: &str, kind: &'static str, n: u64) {
+    counter!("journey_scenario_hits_total", "rule" => rule.to_string(), "kind" => kind).increment(n);
+}
+
+/// Scenario rule set reloads, by outcome (`applied`, `rejected`).
+pub fn rules_reloaded(outcome: &'static str) {
+    counter!("journey_scenario_rules_reloads_total", "outcome" => outcome).increment(1);
+}

@@ -97,6 +97,13 @@ pub struct ProcessConfig {
     pub flush_interval: Duration,
     /// Flush when this many rows are buffered.
     pub max_batch_rows: usize,
+    /// Flush when the buffered rows hold about this many bytes.
+    pub max_batch_bytes: usize,
+    /// How long one flush keeps retrying ClickHouse before the processor pauses consumption
+    /// (back-pressure) and retries the same batch while it waits; memory stays bounded by one
+    /// batch.
+    #[serde(with = "serde_duration")]
+    pub sink_retry_for: Duration,
     /// Address of `/metrics` and `/healthz` (empty = off).
     pub metrics_addr: String,
 }
@@ -113,6 +120,8 @@ impl Default for ProcessConfig {
             correction_horizon: Duration::from_secs(24 * 3600),
             flush_interval: Duration::from_secs(1),
             max_batch_rows: 50_000,
+            max_batch_bytes: 64 << 20,
+            sink_retry_for: Duration::from_secs(5),
             metrics_addr: "127.0.0.1:9464".into(),
         }
     }
@@ -142,11 +151,64 @@ impl ProcessConfig {
         if self.max_batch_rows == 0 {
             errors.push("process.max_batch_rows: must be at least 1".into());
         }
+        if self.max_batch_bytes < 1024 {
+            errors.push(format!("process.max_batch_bytes: {} is below 1024", self.max_batch_bytes));
+        }
+        if self.sink_retry_for.is_zero() {
+            errors.push("process.sink_retry_for: must be positive".into());
+        }
         if !self.metrics_addr.is_empty() && self.metrics_addr.parse::<std::net::SocketAddr>().is_err() {
             errors.push(format!("process.metrics_addr: {:?} is not host:port", self.metrics_addr));
         }
     }
 }
+
+/// `[detect]`: the scenario engine.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectConfig {
+    /// Rule file (TOML); empty = the built-in set (the repository's `config/scenarios.toml`,
+    /// compiled in).
+    pub rules: String,
+    /// How often the rule file is checked for changes; a valid new version replaces the
+    /// running set without a restart, an invalid one is rejected (logged and counted) and the
+    /// running set stays.
+    #[serde(with = "serde_duration")]
+    pub reload_interval: Duration,
+}
+
+impl Default for DetectConfig {
+    fn default() -> Self {
+        DetectConfig { rules: String::new(), reload_interval: Duration::from_secs(5) }
+    }
+}
+
+impl DetectConfig {
+    fn validate(&self, errors: &mut Vec<String>) {
+        if self.reload_interval.is_zero() {
+            errors.push("detect.reload_interval: must be positive".into());
+        }
+        if !self.rules.is_empty() {
+            if let Err(e) = crate::detect::RuleSet::load(Path::new(&self.rules)) {
+                for problem in e.0 {
+                    errors.push(format!("detect.rules: {}: {problem}", self.rules));
+                }
+            }
+        }
+    }
+
+    /// The rule set to start with.
+    pub fn load_rules(&self) -> Result<crate::detect::RuleSet, crate::detect::RuleErrors> {
+        if self.rules.is_empty() {
+            crate::detect::RuleSet::from_toml(BUILTIN_RULES)
+        } else {
+            crate::detect::RuleSet::load(Path::new(&self.rules))
+        }
+    }
+}
+
+/// The built-in rule set (`config/scenarios.toml`).
+pub const BUILTIN_RULES: &str = include_str!("../../config/scenarios.toml");
 
 /// The whole configuration.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -160,6 +222,8 @@ pub struct Config {
     pub clickhouse: ClickHouseConfig,
     /// The processor.
     pub process: ProcessConfig,
+    /// The scenario engine.
+    pub detect: DetectConfig,
     /// The journey generator.
     pub generator: GeneratorConfig,
     /// HTTP ingest.
@@ -261,6 +325,7 @@ impl Config {
         config.topics.validate(&mut errors);
         config.clickhouse.validate(&mut errors);
         config.process.validate(&mut errors);
+        config.detect.validate(&mut errors);
         config.generator.validate(&mut errors);
         config.ingest.validate(&mut errors);
         config.replay.validate(&mut errors);

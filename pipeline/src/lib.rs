@@ -4,6 +4,7 @@
 //! -> ClickHouse (`events`, `sessions`) and `journey.sessions`; rejects -> `journey.events.dlq`.
 //! Processors are pure per-partition folds ([`operator::Operator`]); the runtime owns all I/O.
 
+pub mod backtest;
 pub mod config;
 pub mod detect;
 pub mod migrate;
@@ -51,6 +52,9 @@ pub enum Error {
     /// Processor state could not be restored from its changelog; retrying may help.
     #[error("state restore: {0}")]
     Restore(String),
+    /// The scenario rule file is invalid; fix it, a retry cannot help.
+    #[error("scenario rules: {0}")]
+    Rules(#[from] detect::RuleErrors),
     /// A required secret is missing from the environment.
     #[error("missing environment variable {0}: {1}")]
     MissingSecret(&'static str, &'static str),
@@ -63,7 +67,7 @@ impl Error {
             Error::Kafka(_) | Error::Restore(_) => true,
             Error::Query(e) | Error::ClickHouse { source: e, .. } => sink::clickhouse::is_transient(e),
             Error::Contract(e) => e.is_retryable(),
-            Error::Config(_) | Error::Migration { .. } | Error::MissingSecret(..) => false,
+            Error::Config(_) | Error::Migration { .. } | Error::MissingSecret(..) | Error::Rules(_) => false,
         }
     }
 }

@@ -47,8 +47,48 @@ enum Command {
         #[command(subcommand)]
         action: TopicsAction,
     },
+    /// Unwanted-scenario rules: check a rule file, backtest it over history.
+    Scenarios {
+        #[command(subcommand)]
+        action: ScenariosAction,
+    },
     /// Print the effective configuration (after environment overrides) and exit.
     Config,
+}
+
+#[derive(Subcommand)]
+enum ScenariosAction {
+    /// Evaluate a rule set over history (ClickHouse `events_current`, or a file with --input)
+    /// and report hit counts per rule, before the rules go live.
+    Backtest(BacktestArgs),
+    /// Validate a rule file and list its rules (every problem is reported at once).
+    Check {
+        /// Rule file (TOML).
+        #[arg(long)]
+        rules: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct BacktestArgs {
+    /// Rule file (TOML); default: the configured `detect.rules`, else the built-in set.
+    #[arg(long)]
+    rules: Option<PathBuf>,
+    /// Hits detected at or after this time (RFC 3339 or epoch ms).
+    #[arg(long, value_parser = file_replay::parse_bound)]
+    from: Option<i64>,
+    /// Hits detected before this time (RFC 3339 or epoch ms).
+    #[arg(long, value_parser = file_replay::parse_bound)]
+    to: Option<i64>,
+    /// Read events from this file (JSON lines, optionally .gz) instead of ClickHouse.
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// Also write every hit as a JSON line to this file.
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Print the report as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -234,7 +274,7 @@ async fn print_summary(cfg: &Config) -> anyhow::Result<()> {
     let ch = sink::clickhouse::client(&cfg.clickhouse).with_validation(false);
     // Collapse re-inserted rows now (moved events, new session versions) rather than waiting
     // for background merges, so plain counts are exact too.
-    for table in ["events", "sessions"] {
+    for table in ["events", "sessions", "scenario_hits"] {
         ch.query(&format!("OPTIMIZE TABLE {table} FINAL")).execute().await?;
     }
     let events = ch.query("SELECT count() AS n FROM events").fetch_one::<Count>().await?.n;
@@ -250,11 +290,66 @@ async fn print_summary(cfg: &Config) -> anyhow::Result<()> {
     for p in paths {
         println!("  {:>8}  {}", p.n, p.path);
     }
+    #[derive(clickhouse::Row, serde::Deserialize)]
+    struct RuleCount {
+        rule: String,
+        n: u64,
+    }
+    let rules = ch
+        .query("SELECT rule, count() AS n FROM scenario_hits_current GROUP BY rule ORDER BY n DESC, rule")
+        .fetch_all::<RuleCount>()
+        .await?;
+    println!("unwanted scenarios (current hits):");
+    for r in rules {
+        println!("  {:>8}  {}", r.n, r.rule);
+    }
     println!("\nQuery it yourself, e.g.:");
     println!(
         "  curl -s '{}/?database={}' --data-binary 'SELECT channel, count() FROM events GROUP BY channel ORDER BY 2 DESC'",
         cfg.clickhouse.url, cfg.clickhouse.database
     );
+    Ok(())
+}
+
+async fn backtest(cfg: &Config, args: BacktestArgs) -> anyhow::Result<()> {
+    use journey_pipeline::backtest;
+    let rules = match &args.rules {
+        Some(p) => journey_pipeline::detect::RuleSet::load(p)?,
+        None => cfg.detect.load_rules()?,
+    };
+    let range = backtest::Range { from: args.from, to: args.to };
+    let report = match &args.input {
+        Some(path) => {
+            let (rules, path, pseudo) = (rules.clone(), path.clone(), Pseudonymizer::from_env()?);
+            tokio::task::spawn_blocking(move || backtest::from_file(&rules, &path, range, &pseudo)).await??
+        }
+        None => backtest::from_clickhouse(&rules, cfg, range).await?,
+    };
+    if let Some(path) = &args.output {
+        use std::io::Write;
+        let mut w = std::io::BufWriter::new(std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?);
+        for h in &report.hits {
+            serde_json::to_writer(&mut w, &h.hit)?;
+            w.write_all(b"\n")?;
+        }
+        w.flush()?;
+    }
+    if args.json {
+        let per_rule: serde_json::Map<String, serde_json::Value> = report
+            .per_rule
+            .iter()
+            .map(|(k, c)| (k.clone(), serde_json::json!({ "kind": c.kind, "hits": c.hits, "customers": c.customers })))
+            .collect();
+        let doc = serde_json::json!({
+            "events": report.events,
+            "customers": report.customers,
+            "invalid_lines": report.invalid_lines,
+            "rules": per_rule,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        print!("{}", backtest::render(&report));
+    }
     Ok(())
 }
 
@@ -281,6 +376,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config => {
             println!("{}", toml::to_string_pretty(&cfg)?);
         }
+        Command::Scenarios { action: ScenariosAction::Check { rules } } => {
+            let set = journey_pipeline::detect::RuleSet::load(&rules)?;
+            for r in set.rules() {
+                println!("{:<28} {:<9} v{} within {} ({})", r.name, r.kind.name(), r.version, journey_schemas::format_duration(r.within), r.severity.as_str());
+            }
+        }
+        Command::Scenarios { action: ScenariosAction::Backtest(args) } => backtest(&cfg, args).await?,
         Command::Topics { action: TopicsAction::Create } => {
             ensure_topics(&cfg).await?;
             for s in cfg.topics.specs() {
@@ -330,14 +432,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let (stitched, summary) = runtime::run_all(cfg.clone(), codec.clone(), pseudo.clone(), opts, shutdown_signal()).await?;
             println!(
                 "processed {} records: {} events re-keyed by customer, {} dead-lettered, {} duplicates dropped, \
-                 {} identity merges ({} events moved to the merged customer), {} session records (incl. corrections)",
+                 {} identity merges ({} events moved to the merged customer), {} session records and {} scenario-hit records (incl. corrections)",
                 stitched.consumed,
                 stitched.forwarded,
                 stitched.dead_lettered + summary.dead_lettered,
                 summary.duplicates,
                 stitched.merges,
                 summary.forwarded,
-                summary.sessions
+                summary.sessions,
+                summary.hits
             );
             print_summary(&cfg).await?;
             if !args.no_wait {

@@ -39,7 +39,7 @@ async fn inserts_survive_a_server_restart_without_loss_or_duplicates() {
     client("default").query(&format!("CREATE DATABASE {db}")).execute().await.unwrap();
     let ch = client(&db);
     ch.query("CREATE TABLE t (id UInt64, name String, at UInt32) ENGINE = ReplacingMergeTree ORDER BY id").execute().await.unwrap();
-    let sink = ClickHouseSink::new(ch.clone(), Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(1) }, false);
+    let sink = ClickHouseSink::new(ch.clone(), Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(1), give_up_after: None }, false);
 
     // A batch with text that stresses the wire format: blank lines, NUL bytes, UTF-8.
     let odd: Vec<TestRow> = (0..3).map(|i| TestRow { id: 1_000_000 + i, name: format!("line\n\nbreak\0nul é{i}"), at: i as u32 }).collect();

@@ -17,9 +17,10 @@ pub mod state;
 pub mod stitch;
 
 use crate::config::Config;
+use crate::detect::{DetectEvent, DetectedHit, Detector, RuleSet};
 use crate::pii::Pseudonymizer;
 use crate::sessionize::{Admission, Emitted, SessionEvent, SessionParams, Sessionizer};
-use crate::sink::clickhouse::{batch_token, client, Backoff, ClickHouseSink, EventRow, SessionRow};
+use crate::sink::clickhouse::{batch_token, client, Backoff, ClickHouseSink, EventRow, HitRow, SessionRow};
 use crate::Error;
 use journey_connectors::metrics;
 use journey_connectors::now_ms;
@@ -58,6 +59,8 @@ pub struct ProcessSummary {
     pub late: u64,
     /// Session records emitted (including new versions and retractions).
     pub sessions: u64,
+    /// Scenario hit records emitted (including new versions and retractions).
+    pub hits: u64,
     /// Records re-published under another customer key after an identity merge.
     pub forwarded: u64,
     /// Customer keys merged into another customer.
@@ -89,6 +92,7 @@ impl ConsumerContext for RebalanceLog {
 
 struct PartitionState {
     sessionizer: Sessionizer,
+    detector: Detector,
     /// Offset of the next record to read (last consumed + 1): what a commit stores.
     next_offset: i64,
     /// Last offset committed for this partition.
@@ -107,9 +111,10 @@ struct PartitionState {
 }
 
 impl PartitionState {
-    fn new(params: SessionParams, offset: i64) -> PartitionState {
+    fn new(params: SessionParams, rules: Arc<RuleSet>, offset: i64) -> PartitionState {
         PartitionState {
             sessionizer: Sessionizer::new(params),
+            detector: Detector::new(rules, params.horizon_ms),
             next_offset: offset,
             committed: -1,
             max_event_time: i64::MIN,
@@ -196,15 +201,30 @@ pub struct Processor {
     pseudo: Pseudonymizer,
     params: SessionParams,
     partitions: HashMap<i32, PartitionState>,
+    /// Rows for the next flush, with the input partition each came from (`event_parts` is
+    /// parallel to `event_rows`), so a partition revoked while ClickHouse is down can be
+    /// dropped whole: its new owner recomputes it from the last commit.
     event_rows: Vec<EventRow>,
-    sessions: Vec<Emitted>,
+    event_parts: Vec<i32>,
+    sessions: Vec<(i32, Emitted)>,
+    hits: Vec<(i32, DetectedHit)>,
+    /// Emissions of the current `handle` call, tagged with its partition afterwards.
+    emitted: Vec<Emitted>,
+    emitted_hits: Vec<DetectedHit>,
+    /// The running scenario rules, and when the rule file was last checked for changes.
+    rules: Arc<RuleSet>,
+    rules_checked: Instant,
+    /// The last rejected rule file's problems (logged once, not at every check).
+    rules_rejected: Option<String>,
+    /// Approximate size of the buffered rows.
+    buffered_bytes: usize,
     pending: Vec<DeliveryFuture>,
     summary: ProcessSummary,
 }
 
 impl Processor {
     /// A processor with empty state.
-    pub fn new(cfg: Config, codec: Codec, pseudo: Pseudonymizer) -> Processor {
+    pub fn new(cfg: Config, codec: Codec, pseudo: Pseudonymizer, rules: RuleSet) -> Processor {
         let p = &cfg.process;
         let params = SessionParams {
             gap_ms: p.gap.as_millis() as i64,
@@ -217,7 +237,15 @@ impl Processor {
             params,
             partitions: HashMap::new(),
             event_rows: Vec::new(),
+            event_parts: Vec::new(),
             sessions: Vec::new(),
+            hits: Vec::new(),
+            emitted: Vec::new(),
+            emitted_hits: Vec::new(),
+            rules: Arc::new(rules),
+            rules_checked: Instant::now(),
+            rules_rejected: None,
+            buffered_bytes: 0,
             pending: Vec::new(),
             summary: ProcessSummary::default(),
             cfg,
@@ -251,14 +279,44 @@ impl Processor {
         control: Option<Control>,
         moves: u64,
     ) {
+        self.handle_record(producer, topic, partition, offset, key, payload, control, moves);
+        self.tag_emitted(partition);
+    }
+
+    /// Moves this call's emissions into the flush buffer under `partition`.
+    fn tag_emitted(&mut self, partition: i32) {
+        for e in self.emitted.drain(..) {
+            self.buffered_bytes += 256 + e.session.path.len() + 48 * e.transitions.len();
+            self.sessions.push((partition, e));
+        }
+        for h in self.emitted_hits.drain(..) {
+            self.buffered_bytes += 256 + 40 * h.hit.matched_event_ids.len();
+            self.hits.push((partition, h));
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn handle_record(
+        &mut self,
+        producer: &FutureProducer,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        control: Option<Control>,
+        moves: u64,
+    ) {
         self.summary.consumed += 1;
         metrics::events_in(1);
         let params = self.params;
-        let st = self.partitions.entry(partition).or_insert_with(|| PartitionState::new(params, offset));
+        let rules = &self.rules;
+        let st = self.partitions.entry(partition).or_insert_with(|| PartitionState::new(params, rules.clone(), offset));
         // Committed offsets name the next record to read, hence +1.
         st.next_offset = offset + 1;
         st.last_event_wall = Instant::now();
         st.sessionizer.set_version_floor(version_at(offset));
+        st.detector.set_version_floor(version_at(offset));
         let origin = || format!("{topic}/{partition}/{offset}");
         let key_str = key.and_then(|k| std::str::from_utf8(k).ok()).unwrap_or("");
         match control {
@@ -272,7 +330,10 @@ impl Processor {
                 *e = (*e).max(time);
                 st.upstream_count = of;
                 if let Some(wm) = st.watermark() {
-                    st.sessionizer.advance(wm, &mut self.sessions);
+                    // The detector first: its absence hits look up sessions the sessionizer
+                    // may prune once the watermark moves.
+                    st.detector.advance(wm, &st.sessionizer, &mut self.emitted_hits);
+                    st.sessionizer.advance(wm, &mut self.emitted);
                 }
                 return;
             }
@@ -305,10 +366,14 @@ impl Processor {
         sev.offset = offset;
         sev.payload = Some(payload.into());
         sev.moves = moves;
-        match st.sessionizer.admit(&customer, sev, &mut self.sessions) {
+        match st.sessionizer.admit(&customer, sev, &mut self.emitted) {
             Admission::Accepted => {
+                let dev = DetectEvent::from_event(&event, &self.rules);
+                st.detector.admit(&customer, dev, &st.sessionizer, &mut self.emitted_hits);
                 let hash = event.msisdn.as_deref().map(|m| self.pseudo.hash(m)).unwrap_or_default();
                 self.event_rows.push(EventRow::new(&event, &customer, hash, moves));
+                self.event_parts.push(partition);
+                self.buffered_bytes += 64 + 2 * payload.len();
                 self.summary.accepted += 1;
             }
             Admission::Duplicate => {
@@ -319,6 +384,8 @@ impl Processor {
                     // this key already had the event (a duplicate that was keyed here directly).
                     let hash = event.msisdn.as_deref().map(|m| self.pseudo.hash(m)).unwrap_or_default();
                     self.event_rows.push(EventRow::new(&event, &customer, hash, moves));
+                    self.event_parts.push(partition);
+                    self.buffered_bytes += 64 + 2 * payload.len();
                 }
             }
             Admission::TooLate => {
@@ -344,7 +411,8 @@ impl Processor {
         let st = self.partitions.get_mut(&partition).expect("created by handle");
         st.forwards.insert(from.to_string(), (to.to_string(), st.max_event_time));
         st.forwards_dirty.insert(from.to_string());
-        let events = st.sessionizer.take_customer(from, &mut self.sessions);
+        let events = st.sessionizer.take_customer(from, &mut self.emitted);
+        st.detector.take_customer(from, &mut self.emitted_hits);
         for e in &events {
             let Some(payload) = &e.payload else { continue };
             send(&mut self.pending, producer, moved_record(&self.cfg.topics.keyed, to, payload, e.moves + 1));
@@ -362,18 +430,68 @@ impl Processor {
     pub fn on_idle_tick(&mut self) {
         let idle = self.cfg.process.idle_timeout;
         let gap = self.params.gap_ms;
-        for st in self.partitions.values_mut() {
-            if st.last_event_wall.elapsed() >= idle && st.sessionizer.has_open_sessions() && st.max_event_time != i64::MIN {
-                st.sessionizer.set_version_floor(version_at(st.next_offset));
-                let wm = st.max_event_time.saturating_add(gap).saturating_add(1);
-                st.sessionizer.advance(wm, &mut self.sessions);
+        let quiet: Vec<i32> = self
+            .partitions
+            .iter()
+            .filter(|(_, st)| st.last_event_wall.elapsed() >= idle && st.sessionizer.has_open_sessions() && st.max_event_time != i64::MIN)
+            .map(|(&p, _)| p)
+            .collect();
+        for p in quiet {
+            let st = self.partitions.get_mut(&p).expect("listed above");
+            st.sessionizer.set_version_floor(version_at(st.next_offset));
+            st.detector.set_version_floor(version_at(st.next_offset));
+            let wm = st.max_event_time.saturating_add(gap).saturating_add(1);
+            st.detector.advance(wm, &st.sessionizer, &mut self.emitted_hits);
+            st.sessionizer.advance(wm, &mut self.emitted);
+            self.tag_emitted(p);
+        }
+    }
+
+    /// Re-reads the rule file when `detect.reload_interval` has passed: a valid new set
+    /// replaces the running one in every partition (evaluation from now on; emitted hits
+    /// stay), an invalid one is rejected with every problem logged, and the running set stays.
+    pub fn reload_rules_if_due(&mut self) {
+        let d = &self.cfg.detect;
+        if d.rules.is_empty() || self.rules_checked.elapsed() < d.reload_interval {
+            return;
+        }
+        self.rules_checked = Instant::now();
+        match d.load_rules() {
+            Ok(new) if new.fingerprint() != self.rules.fingerprint() => {
+                let new = Arc::new(new);
+                for st in self.partitions.values_mut() {
+                    st.detector.set_rules(new.clone());
+                }
+                tracing::info!(file = %d.rules, rules = new.rules().len(), "scenario rules reloaded");
+                metrics::rules_reloaded("applied");
+                self.rules = new;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                if self.rules_rejected != Some(e.to_string()) {
+                    tracing::error!(file = %d.rules, problems = %e, "scenario rule file rejected; the running rules stay");
+                    metrics::rules_reloaded("rejected");
+                    self.rules_rejected = Some(e.to_string());
+                }
+                return;
             }
         }
+        self.rules_rejected = None;
+    }
+
+    /// The running scenario rules.
+    pub fn rules(&self) -> &Arc<RuleSet> {
+        &self.rules
     }
 
     /// Rows and records buffered since the last flush.
     pub fn buffered(&self) -> usize {
-        self.event_rows.len() + self.sessions.len() + self.pending.len()
+        self.event_rows.len() + self.sessions.len() + self.hits.len() + self.pending.len()
+    }
+
+    /// Approximate bytes of the buffered rows.
+    pub fn buffered_bytes(&self) -> usize {
+        self.buffered_bytes
     }
 
     /// Whether any partition still holds open sessions.
@@ -384,22 +502,40 @@ impl Processor {
     /// Makes everything buffered durable (ClickHouse, Kafka), then returns the offsets that
     /// may be committed: per partition, the next offset to read, held back to the oldest event
     /// of any still-open session.
+    ///
+    /// On a ClickHouse error nothing is lost: the buffers are kept and the next call inserts
+    /// the same rows again under the same deduplication tokens (a table that had already
+    /// acknowledged its part drops the repeat), so the caller may retry as often as needed.
     pub async fn flush(&mut self, sink: &ClickHouseSink, producer: &FutureProducer) -> Result<TopicPartitionList, Error> {
+        let token = batch_token("events", self.event_rows.iter().map(|r| r.event_id.as_bytes()));
+        sink.insert("events", &self.event_rows, &token).await?;
+        let session_rows: Vec<SessionRow> = self.sessions.iter().map(|(_, e)| SessionRow::from(e)).collect();
+        let token = batch_token("sessions", self.sessions.iter().map(|(_, e)| format!("{}/{}", e.session_id, e.version)));
+        sink.insert("sessions", &session_rows, &token).await?;
+        let hit_rows: Vec<HitRow> = self.hits.iter().map(|(_, h)| HitRow::from(h)).collect();
+        let token = batch_token("scenario_hits", self.hits.iter().map(|(_, h)| format!("{}/{}", h.hit.hit_id, h.hit.version)));
+        sink.insert("scenario_hits", &hit_rows, &token).await?;
+        // ClickHouse holds every row: from here on the batch is Kafka's.
         let rows = std::mem::take(&mut self.event_rows);
-        let token = batch_token("events", rows.iter().map(|r| r.event_id.as_bytes()));
-        sink.insert("events", &rows, &token).await?;
+        self.event_parts.clear();
+        self.buffered_bytes = 0;
         let lag_now = now_ms();
         if let Some(max_t) = rows.iter().map(|r| r.ingest_time).max() {
             metrics::end_to_end_lag_seconds((lag_now - max_t) as f64 / 1000.0);
         }
         let sessions = std::mem::take(&mut self.sessions);
-        let session_rows: Vec<SessionRow> = sessions.iter().map(SessionRow::from).collect();
-        let token = batch_token("sessions", sessions.iter().map(|s| format!("{}/{}", s.session_id, s.version)));
-        sink.insert("sessions", &session_rows, &token).await?;
         self.summary.sessions += sessions.len() as u64;
-        for s in &sessions {
+        for (_, s) in &sessions {
             let payload = self.codec.encode_session(s);
             let record = FutureRecord::to(&self.cfg.topics.sessions).key(s.customer_id.as_bytes()).payload(&payload[..]);
+            send(&mut self.pending, producer, record);
+        }
+        let hits = std::mem::take(&mut self.hits);
+        self.summary.hits += hits.len() as u64;
+        for (_, h) in &hits {
+            metrics::scenario_hits(&h.hit.rule, if h.hit.retracted { "retraction" } else { "hit" }, 1);
+            let payload = self.codec.encode_hit(&h.hit);
+            let record = FutureRecord::to(&self.cfg.topics.scenarios).key(h.hit.customer_id.as_bytes()).payload(&payload[..]);
             send(&mut self.pending, producer, record);
         }
         for f in std::mem::take(&mut self.pending) {
@@ -427,6 +563,15 @@ impl Processor {
             for key in st.sessionizer.take_dirty() {
                 let k = format!("{}{key}", state::CUSTOMER_PREFIX);
                 let value = st.sessionizer.snapshot(&key).map(|snap| state::encode_customer(&self.codec, &snap));
+                let mut record = FutureRecord::to(&state_topic).partition(p).key(k.as_bytes());
+                if let Some(v) = &value {
+                    record = record.payload(&v[..]);
+                }
+                send(&mut acks, producer, record);
+            }
+            for key in st.detector.take_dirty() {
+                let k = format!("{}{key}", state::DETECT_PREFIX);
+                let value = st.detector.snapshot(&key).map(|snap| crate::detect::encode_snapshot(&snap));
                 let mut record = FutureRecord::to(&state_topic).partition(p).key(k.as_bytes());
                 if let Some(v) = &value {
                     record = record.payload(&v[..]);
@@ -478,14 +623,18 @@ impl Processor {
         let started = Instant::now();
         let restored = state::restore(&self.cfg, &self.codec, producer, partition)?;
         let records = restored.records;
-        let mut st = PartitionState::new(self.params, 0);
+        let mut st = PartitionState::new(self.params, self.rules.clone(), 0);
         st.sessionizer.restore_watermark(restored.meta.watermark);
+        st.detector.restore_watermark(restored.meta.watermark);
+        for snap in restored.detections {
+            st.detector.restore(snap);
+        }
         st.max_event_time = restored.meta.max_event_time;
         st.upstream = restored.meta.upstream.into_iter().collect();
         st.upstream_count = restored.meta.upstream_count;
         st.forwards = restored.forwards;
         for snap in restored.customers {
-            st.sessionizer.restore(snap, &mut self.sessions);
+            st.sessionizer.restore(snap, &mut self.emitted);
         }
         tracing::info!(
             partition,
@@ -495,14 +644,28 @@ impl Processor {
             "partition state restored"
         );
         self.partitions.insert(partition, st);
+        self.tag_emitted(partition);
         Ok(records)
     }
 
-    /// Drops the state of partitions this instance no longer owns.
+    /// Drops the state of partitions this instance no longer owns, and any rows of theirs
+    /// still buffered (after a failed flush): nothing of them was committed, so their new
+    /// owner recomputes the same rows from the last commit and the changelog.
     pub fn revoke(&mut self, partitions: &[i32]) {
+        if partitions.is_empty() {
+            return;
+        }
         for p in partitions {
             self.partitions.remove(p);
         }
+        let gone = |p: &i32| partitions.contains(p);
+        if self.event_parts.iter().any(gone) {
+            let mut keep = self.event_parts.iter().map(|p| !gone(p));
+            self.event_rows.retain(|_| keep.next().unwrap_or(true));
+            self.event_parts.retain(|p| !gone(p));
+        }
+        self.sessions.retain(|(p, _)| !gone(p));
+        self.hits.retain(|(p, _)| !gone(p));
     }
 
     /// Totals so far.
@@ -567,7 +730,9 @@ pub fn consumer_config(cfg: &Config) -> rdkafka::ClientConfig {
         .set("session.timeout.ms", "6000")
         .set("heartbeat.interval.ms", "1500")
         .set("max.poll.interval.ms", "60000")
-        .set("fetch.wait.max.ms", "100");
+        .set("fetch.wait.max.ms", "100")
+        // Bounds what librdkafka prefetches while the processor is paused by back-pressure.
+        .set("queued.max.messages.kbytes", "32768");
     for (k, v) in &cfg.kafka.properties {
         c.set(k, v);
     }
@@ -590,11 +755,19 @@ pub async fn process(
     let consumer: StreamConsumer<RebalanceLog> = ccfg.create_with_context(log.clone())?;
     consumer.subscribe(&[&cfg.topics.keyed])?;
     let producer: FutureProducer = cfg.kafka.producer_config().create()?;
-    let sink = ClickHouseSink::new(client(&cfg.clickhouse), Backoff::default(), true);
+    let backoff = Backoff { give_up_after: Some(cfg.process.sink_retry_for), ..Backoff::default() };
+    let sink = ClickHouseSink::new(client(&cfg.clickhouse), backoff, true);
     let flush_every = cfg.process.flush_interval;
     let max_rows = cfg.process.max_batch_rows;
+    let max_bytes = cfg.process.max_batch_bytes;
+    // Back-pressure: while ClickHouse does not acknowledge, consumption is paused (the
+    // consumer is still polled, so the group keeps this member) and the same batch is retried.
+    let mut paused = false;
+    let mut retry_at: Option<Instant> = None;
     let raw_topic = cfg.topics.keyed.clone();
-    let mut proc = Processor::new(cfg, codec, pseudo);
+    let rules = cfg.detect.load_rules()?;
+    tracing::info!(rules = rules.rules().len(), file = %cfg.detect.rules, "scenario rules loaded");
+    let mut proc = Processor::new(cfg, codec, pseudo, rules);
     let mut last_flush = Instant::now();
     let mut last_record = Instant::now();
     let mut last_waiting_log = Instant::now();
@@ -614,7 +787,10 @@ pub async fn process(
                 let moves = moves_of(msg.headers());
                 proc.handle(&producer, msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.payload().unwrap_or(&[]), control, moves);
             }
-            _ = tick.tick() => proc.on_idle_tick(),
+            _ = tick.tick() => {
+                proc.on_idle_tick();
+                proc.reload_rules_if_due();
+            }
             _ = &mut shutdown => {
                 tracing::info!("shutdown requested: flushing");
                 break;
@@ -629,15 +805,41 @@ pub async fn process(
             last_record = Instant::now();
         }
         let revoked: Vec<i32> = revoked.into_iter().flat_map(|(_, ps)| ps).collect();
-        if !revoked.is_empty() || proc.buffered() >= max_rows || last_flush.elapsed() >= flush_every {
-            let tpl = proc.flush(&sink, &producer).await?;
-            if tpl.count() > 0 {
-                if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
-                    tracing::warn!(error = %e, "offset commit failed; will retry at the next flush");
+        if paused && !assigned.is_empty() {
+            pause_all(&consumer, true);
+        }
+        let due = !revoked.is_empty() || proc.buffered() >= max_rows || proc.buffered_bytes() >= max_bytes || last_flush.elapsed() >= flush_every;
+        if due && retry_at.is_none_or(|t| Instant::now() >= t) {
+            match proc.flush(&sink, &producer).await {
+                Ok(tpl) => {
+                    if tpl.count() > 0 {
+                        if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+                            tracing::warn!(error = %e, "offset commit failed; will retry at the next flush");
+                        }
+                    }
+                    proc.revoke(&revoked);
+                    last_flush = Instant::now();
+                    retry_at = None;
+                    if paused {
+                        paused = false;
+                        pause_all(&consumer, false);
+                        metrics::sink_backpressure(false);
+                        tracing::info!("clickhouse acknowledged again: consumption resumed");
+                    }
                 }
+                Err(e @ (Error::ClickHouse { .. } | Error::Query(_))) if e.is_retryable() => {
+                    if !paused {
+                        paused = true;
+                        pause_all(&consumer, true);
+                        metrics::sink_backpressure(true);
+                    }
+                    tracing::warn!(error = %e, buffered = proc.buffered(), "clickhouse unavailable: consumption paused, batch kept for retry");
+                    proc.revoke(&revoked);
+                    retry_at = Some(Instant::now() + Duration::from_secs(1));
+                }
+                Err(e) => return Err(e),
             }
-            proc.revoke(&revoked);
-            last_flush = Instant::now();
+            metrics::sink_buffered(proc.buffered(), proc.buffered_bytes());
         }
         if let Some(idle) = opts.exit_when_idle {
             let upstream_done = opts.upstream_done.as_ref().is_none_or(|f| f.load(std::sync::atomic::Ordering::SeqCst));
@@ -664,6 +866,15 @@ pub async fn process(
         consumer.commit(&tpl, CommitMode::Sync)?;
     }
     Ok(proc.summary().clone())
+}
+
+/// Pauses (or resumes) every partition currently assigned to `consumer`.
+fn pause_all<C: ConsumerContext>(consumer: &StreamConsumer<C>, pause: bool) {
+    let Ok(assignment) = consumer.assignment() else { return };
+    let result = if pause { consumer.pause(&assignment) } else { consumer.resume(&assignment) };
+    if let Err(e) = result {
+        tracing::warn!(error = %e, pause, "could not change the paused state of the assignment");
+    }
 }
 
 /// Runs the whole pipeline in this process: the stitch stage and the processor, each with its

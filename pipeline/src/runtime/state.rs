@@ -19,6 +19,8 @@ use std::sync::Arc;
 pub const CUSTOMER_PREFIX: &str = "c/";
 /// Key prefix of forwarding pointers.
 pub const FORWARD_PREFIX: &str = "f/";
+/// Changelog key prefix of a customer's scenario-detector state.
+pub const DETECT_PREFIX: &str = "d/";
 /// Key of the partition's clocks.
 pub const META_KEY: &str = "m";
 /// Key of restore markers.
@@ -146,6 +148,8 @@ pub fn decode_meta(buf: &[u8]) -> Result<Meta, ContractError> {
 pub struct Restored {
     /// Customers.
     pub customers: Vec<CustomerSnapshot>,
+    /// Scenario detector state per customer.
+    pub detections: Vec<crate::detect::DetectSnapshot>,
     /// Forwarding pointers: old key -> (new key, event time at the merge).
     pub forwards: HashMap<String, (String, i64)>,
     /// Clocks.
@@ -157,6 +161,7 @@ pub struct Restored {
 /// Folds changelog records (key, value; `None` value = tombstone) into the latest state.
 pub fn fold(codec: &Codec, records: impl IntoIterator<Item = (String, Option<Vec<u8>>)>) -> Result<Restored, ContractError> {
     let mut customers: HashMap<String, Vec<u8>> = HashMap::new();
+    let mut detections: HashMap<String, Vec<u8>> = HashMap::new();
     let mut out = Restored::default();
     for (key, value) in records {
         out.records += 1;
@@ -164,6 +169,11 @@ pub fn fold(codec: &Codec, records: impl IntoIterator<Item = (String, Option<Vec
             match value {
                 Some(v) => customers.insert(k.to_string(), v),
                 None => customers.remove(k),
+            };
+        } else if let Some(k) = key.strip_prefix(DETECT_PREFIX) {
+            match value {
+                Some(v) => detections.insert(k.to_string(), v),
+                None => detections.remove(k),
             };
         } else if let Some(k) = key.strip_prefix(FORWARD_PREFIX) {
             match value.and_then(|v| String::from_utf8(v).ok()) {
@@ -183,6 +193,10 @@ pub fn fold(codec: &Codec, records: impl IntoIterator<Item = (String, Option<Vec
     }
     for (_, v) in customers {
         out.customers.push(decode_customer(codec, &v)?);
+    }
+    for (k, v) in detections {
+        let snap = crate::detect::decode_snapshot(&v).map_err(|e| ContractError::Malformed(format!("detector state of {k}: {e}")))?;
+        out.detections.push(snap);
     }
     Ok(out)
 }

@@ -73,6 +73,29 @@ impl EventRow {
             version,
         }
     }
+
+    /// [`EventRow::new`] from an event no longer needed: its strings move into the row
+    /// instead of being copied.
+    pub fn from_event(e: ChannelEvent, customer: &str, msisdn_hash: String, version: u64) -> EventRow {
+        EventRow {
+            event_id: e.event_id,
+            event_time: e.event_time,
+            ingest_time: e.ingest_time,
+            channel: e.channel.as_str().to_string(),
+            event_type: e.event_type,
+            customer_id: customer.to_string(),
+            crm_id: e.customer_id.unwrap_or_default(),
+            msisdn_hash,
+            app_instance_id: e.app_instance_id.unwrap_or_default(),
+            topic: e.topic.unwrap_or_default(),
+            outcome: e.outcome.unwrap_or_default(),
+            line: e.line.unwrap_or_default(),
+            agent_id: e.agent_id.unwrap_or_default(),
+            region: e.region.unwrap_or_default(),
+            attrs: e.attrs.into_iter().collect(),
+            version,
+        }
+    }
 }
 
 /// A row of `sessions`.
@@ -177,11 +200,14 @@ pub struct Backoff {
     pub initial: Duration,
     /// Largest delay.
     pub max: Duration,
+    /// Stop retrying one insert after this long and report the (transient) error, so the
+    /// caller can apply back-pressure; `None` retries until acknowledged.
+    pub give_up_after: Option<Duration>,
 }
 
 impl Default for Backoff {
     fn default() -> Self {
-        Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(5) }
+        Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(5), give_up_after: None }
     }
 }
 
@@ -239,12 +265,14 @@ impl ClickHouseSink {
         insert.end().await
     }
 
-    /// Inserts `rows` into `table`, retrying transient errors until acknowledged. Returns a
-    /// permanent error at once. `token` names the batch for deduplication of retries.
+    /// Inserts `rows` into `table`, retrying transient errors until acknowledged or until
+    /// `give_up_after` (then the last transient error is returned). Returns a permanent error
+    /// at once. `token` names the batch for deduplication of retries.
     pub async fn insert<T: RowOwned + RowWrite>(&self, table: &'static str, rows: &[T], token: &str) -> Result<(), crate::Error> {
         if rows.is_empty() {
             return Ok(());
         }
+        let started = std::time::Instant::now();
         let mut delay = self.backoff.initial;
         loop {
             match self.insert_once(table, rows, token).await {
@@ -252,6 +280,10 @@ impl ClickHouseSink {
                     metrics::rows_written(table, rows.len() as u64);
                     metrics::sink_batch_rows(table, rows.len());
                     return Ok(());
+                }
+                Err(e) if is_transient(&e) && self.backoff.give_up_after.is_some_and(|g| started.elapsed() + delay > g) => {
+                    metrics::sink_retried(table);
+                    return Err(crate::Error::ClickHouse { table, source: e });
                 }
                 Err(e) if is_transient(&e) => {
                     metrics::sink_retried(table);
@@ -261,6 +293,64 @@ impl ClickHouseSink {
                 }
                 Err(e) => return Err(crate::Error::ClickHouse { table, source: e }),
             }
+        }
+    }
+}
+
+/// A row of `scenario_hits`: one emitted version of a hit.
+#[derive(Debug, Clone, PartialEq, Eq, Row, Serialize, Deserialize)]
+pub struct HitRow {
+    /// Deterministic hit id.
+    pub hit_id: String,
+    /// Rule name.
+    pub rule: String,
+    /// Rule version.
+    pub rule_version: u32,
+    /// Canonical customer key.
+    pub customer_id: String,
+    /// Session of the trigger event ('' when unknown).
+    pub session_id: String,
+    /// Detection time, epoch ms.
+    pub event_time: i64,
+    /// Completing (or trigger / counted) event.
+    pub trigger_event_id: String,
+    /// Matched events in step order.
+    pub matched_event_ids: Vec<String>,
+    /// Channel path of the match.
+    pub path: String,
+    /// Topic of the trigger event ('' if none).
+    pub topic: String,
+    /// Channel of the trigger event.
+    pub channel: String,
+    /// Region of the trigger event ('' if none).
+    pub region: String,
+    /// Severity.
+    pub severity: String,
+    /// Version.
+    pub version: u64,
+    /// Retracted.
+    pub retracted: bool,
+}
+
+impl From<&crate::detect::DetectedHit> for HitRow {
+    fn from(d: &crate::detect::DetectedHit) -> HitRow {
+        let h = &d.hit;
+        HitRow {
+            hit_id: h.hit_id.clone(),
+            rule: h.rule.clone(),
+            rule_version: u32::try_from(h.rule_version).unwrap_or(0),
+            customer_id: h.customer_id.clone(),
+            session_id: h.session_id.clone().unwrap_or_default(),
+            event_time: h.event_time,
+            trigger_event_id: h.trigger_event_id.clone(),
+            matched_event_ids: h.matched_event_ids.clone(),
+            path: h.path.clone(),
+            topic: h.topic.clone().unwrap_or_default(),
+            channel: d.channel.as_str().to_string(),
+            region: d.region.clone().unwrap_or_default(),
+            severity: h.severity.clone(),
+            version: u64::try_from(h.version).unwrap_or(0),
+            retracted: h.retracted,
         }
     }
 }

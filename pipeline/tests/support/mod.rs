@@ -29,7 +29,8 @@ pub fn pseudonymizer() -> Pseudonymizer {
 
 use journey_connectors::generator::{Generated, Generator, GeneratorConfig};
 use journey_connectors::publish::BulkPublisher;
-use journey_pipeline::sessionize::{batch_sessions, SessionEvent, SessionParams};
+use journey_pipeline::detect::{evaluate, DetectEvent};
+use journey_pipeline::sessionize::{batch_sessions, cut_sessions, session_id, SessionEvent, SessionParams};
 use journey_pipeline::stitch::{identifiers, IdentityGraph};
 use journey_schemas::{ChannelEvent, Codec};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -59,6 +60,19 @@ struct EventKey {
 pub struct Outcome {
     pub sessions: BTreeSet<SessionKey>,
     pub events: BTreeMap<String, String>,
+    pub hits: BTreeSet<HitKey>,
+}
+
+/// The comparable part of a scenario hit.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, clickhouse::Row, serde::Deserialize)]
+pub struct HitKey {
+    pub hit_id: String,
+    pub rule: String,
+    pub customer_id: String,
+    pub session_id: String,
+    pub event_time: i64,
+    pub trigger_event_id: String,
+    pub matched_event_ids: Vec<String>,
 }
 
 /// Publishes a generated data set (valid events and duplicates) and returns the valid events.
@@ -89,10 +103,13 @@ pub fn expected(cfg: &Config, events: &[ChannelEvent]) -> Outcome {
     }
     let mut by_customer: HashMap<String, Vec<SessionEvent>> = HashMap::new();
     let mut out = Outcome::default();
+    let rules = cfg.detect.load_rules().expect("rules");
+    let mut detect_events: HashMap<String, Vec<DetectEvent>> = HashMap::new();
     for (e, i) in events.iter().zip(&ids) {
         let c = graph.resolve(&i[0]);
         out.events.insert(e.event_id.clone(), c.clone());
-        by_customer.entry(c).or_default().push(SessionEvent::from_event(e));
+        by_customer.entry(c.clone()).or_default().push(SessionEvent::from_event(e));
+        detect_events.entry(c).or_default().push(DetectEvent::from_event(e, &rules));
     }
     let p = &cfg.process;
     let params = SessionParams {
@@ -101,6 +118,29 @@ pub fn expected(cfg: &Config, events: &[ChannelEvent]) -> Outcome {
         horizon_ms: p.correction_horizon.as_millis() as i64,
     };
     for (c, evs) in &by_customer {
+        // The session of every event: the batch cut of the customer's sorted, distinct events.
+        let mut sorted = evs.clone();
+        sorted.sort_by(|a, b| (a.time, a.id.as_bytes()).cmp(&(b.time, b.id.as_bytes())));
+        sorted.dedup_by(|a, b| a.id == b.id);
+        let mut session_of: HashMap<&str, String> = HashMap::new();
+        for r in cut_sessions(&sorted, &params) {
+            let sid = session_id(c, &sorted[r.start].id);
+            for e in &sorted[r] {
+                session_of.insert(&e.id, sid.clone());
+            }
+        }
+        for h in evaluate(&rules, c, &detect_events[c]) {
+            let h = h.hit;
+            out.hits.insert(HitKey {
+                session_id: session_of.get(h.trigger_event_id.as_str()).cloned().unwrap_or_default(),
+                hit_id: h.hit_id,
+                rule: h.rule,
+                customer_id: h.customer_id,
+                event_time: h.event_time,
+                trigger_event_id: h.trigger_event_id,
+                matched_event_ids: h.matched_event_ids,
+            });
+        }
         for e in batch_sessions(c, evs, &params) {
             let s = e.session;
             out.sessions.insert(SessionKey {
@@ -131,7 +171,14 @@ pub async fn in_clickhouse(cfg: &Config) -> Outcome {
         .collect();
     let rows: Vec<EventKey> = ch.query("SELECT event_id, customer_id FROM events_current").fetch_all().await.unwrap();
     let events = rows.into_iter().map(|r| (r.event_id, r.customer_id)).collect();
-    Outcome { sessions, events }
+    let hits = ch
+        .query("SELECT hit_id, rule, customer_id, session_id, event_time, trigger_event_id, matched_event_ids FROM scenario_hits_current")
+        .fetch_all::<HitKey>()
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    Outcome { sessions, events, hits }
 }
 
 /// Asserts two outcomes are equal, showing a few differences when not.
@@ -153,6 +200,15 @@ pub fn assert_same(expected: &Outcome, got: &Outcome) {
         .collect();
     assert!(wrong.is_empty(), "events not under their canonical customer (id, expected, got): {wrong:#?}");
     assert_eq!(got.events.len(), expected.events.len(), "every event once");
+    assert!(!expected.hits.is_empty(), "the data set should contain unwanted scenarios");
+    let missing: Vec<_> = expected.hits.difference(&got.hits).take(5).collect();
+    let extra: Vec<_> = got.hits.difference(&expected.hits).take(5).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{} scenario hits expected (batch evaluation), {} current in ClickHouse\nmissing: {missing:#?}\nextra: {extra:#?}",
+        expected.hits.len(),
+        got.hits.len()
+    );
 }
 
 /// Environment for a `journey` child process running with `cfg`.
