@@ -18,7 +18,7 @@ use super::eval::{absence_open, build_hit, completes, detection_time, hit_at, De
 use super::rules::{RuleSet, Shape};
 use super::DetectedHit;
 use crate::sessionize::{fnv1a, Sessionizer};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 /// Where the detector learns the session of an event. The runtime admits each event to the
@@ -361,7 +361,7 @@ impl Detector {
         self.mark_dirty(idx);
         let c = &mut self.customers[idx];
         let evs = &c.events;
-        let mut computed: BTreeMap<String, (DetectedHit, i64)> = BTreeMap::new();
+        let mut computed: Vec<(i64, usize, usize, DetectedHit)> = Vec::new();
         let mut pending = Vec::new();
         for (ri, r) in rules.compiled.iter().enumerate() {
             for k in 0..evs.len() {
@@ -383,24 +383,28 @@ impl Detector {
                     .session_of(&c.key, ev.time, &ev.id)
                     .or_else(|| c.emitted.get(&hit.hit.hit_id).and_then(|e| e.hit.hit.session_id.clone()))
                     .or(old_hint);
-                computed.insert(hit.hit.hit_id.clone(), (hit, ev.time));
+                computed.push((det, ri, k, hit));
             }
         }
-        let mut live = Vec::with_capacity(computed.len());
-        for (id, (hit, trigger_time)) in computed {
-            put(&mut c.emitted, floor, hit, trigger_time, out);
-            live.push(id);
+        // Emissions in detection order, like the batch result.
+        computed.sort_by_key(|(det, ri, k, _)| (*det, *ri, *k));
+        let mut live = HashSet::with_capacity(computed.len());
+        for (_, _, k, hit) in computed {
+            live.insert(hit.hit.hit_id.clone());
+            put(&mut c.emitted, floor, hit, evs[k].m.ev.time, out);
         }
+        let mut retracted = Vec::new();
         for (id, e) in c.emitted.iter_mut() {
             let h = &mut e.hit.hit;
             let current = u32::try_from(h.rule_version).is_ok_and(|v| rules.position(&h.rule, v).is_some());
-            // `live` is sorted (it came from a BTreeMap).
-            if !h.retracted && h.event_time >= lo && current && live.binary_search(id).is_err() {
+            if !h.retracted && h.event_time >= lo && current && !live.contains(id) {
                 h.version = (h.version + 1).max(floor);
                 h.retracted = true;
-                out.push(e.hit.clone());
+                retracted.push(e.hit.clone());
             }
         }
+        retracted.sort_by(|a, b| emission_order(a).cmp(&emission_order(b)));
+        out.extend(retracted);
         c.pending = pending;
         self.prune(idx);
         self.rearm(idx);
@@ -411,7 +415,7 @@ impl Detector {
         let lo = self.watermark.saturating_sub(self.horizon_ms);
         let floor = self.version_floor;
         let c = &mut self.customers[idx];
-        let mut changed = false;
+        let mut reemit = Vec::new();
         for e in c.emitted.values_mut() {
             let h = &mut e.hit.hit;
             if h.retracted || h.event_time < lo {
@@ -421,11 +425,13 @@ impl Detector {
                 if h.session_id.as_deref() != Some(s.as_str()) {
                     h.session_id = Some(s);
                     h.version = (h.version + 1).max(floor);
-                    out.push(e.hit.clone());
-                    changed = true;
+                    reemit.push(e.hit.clone());
                 }
             }
         }
+        let mut changed = !reemit.is_empty();
+        reemit.sort_by(|a, b| emission_order(a).cmp(&emission_order(b)));
+        out.extend(reemit);
         for p in &mut c.pending {
             if let Some(s) = sessions.session_of(&c.key, p.time, &p.id) {
                 changed |= p.session.as_deref() != Some(s.as_str());
@@ -505,13 +511,13 @@ impl Detector {
     pub fn take_customer(&mut self, customer: &str, out: &mut Vec<DetectedHit>) {
         let Some(&idx) = self.index.get(customer) else { return };
         let floor = self.version_floor;
-        for e in self.customers[idx].emitted.values() {
-            if !e.hit.hit.retracted {
-                let mut r = e.hit.clone();
-                r.hit.version = (r.hit.version + 1).max(floor);
-                r.hit.retracted = true;
-                out.push(r);
-            }
+        let mut retracted: Vec<DetectedHit> =
+            self.customers[idx].emitted.values().filter(|e| !e.hit.hit.retracted).map(|e| e.hit.clone()).collect();
+        retracted.sort_by(|a, b| emission_order(a).cmp(&emission_order(b)));
+        for mut r in retracted {
+            r.hit.version = (r.hit.version + 1).max(floor);
+            r.hit.retracted = true;
+            out.push(r);
         }
         self.release(idx);
     }
@@ -641,6 +647,11 @@ impl Detector {
     pub fn flush_all(&mut self, sessions: &dyn SessionLookup, out: &mut Vec<DetectedHit>) {
         self.advance(i64::MAX / 4, sessions, out);
     }
+}
+
+/// Order of several emissions at once: detection time, then rule name, then trigger id.
+fn emission_order(h: &DetectedHit) -> (i64, &str, &str) {
+    (h.hit.event_time, &h.hit.rule, &h.hit.trigger_event_id)
 }
 
 /// Emits `hit` unless the same content was the last emission of its id; versions grow.

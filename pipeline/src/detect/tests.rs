@@ -250,21 +250,21 @@ fn rule_must_be_an_array_of_tables() {
 
 #[test]
 fn errors_display_one_per_line_and_load_prefixes_the_path() {
-    let e = RuleSet::from_toml("[[rule]]\nname = \"a\"\n").unwrap_err();
+    let e = RuleSet::from_toml("[[rule]]\nname = \"a\"\n").expect_err("kind and within are missing");
     let text = e.to_string();
     assert_eq!(text.lines().count(), e.0.len());
     assert!(e.0.len() >= 2);
     let dir = std::env::temp_dir().join(format!("detect-rules-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::create_dir_all(&dir).expect("temp dir");
     let path = dir.join("bad.toml");
-    std::fs::write(&path, "[[rule]]\nname = \"a\"\n").unwrap();
-    let e = RuleSet::load(&path).unwrap_err();
+    std::fs::write(&path, "[[rule]]\nname = \"a\"\n").expect("write rules");
+    let e = RuleSet::load(&path).expect_err("invalid rules");
     assert!(e.0.iter().all(|p| p.starts_with(&format!("{}: rule[0] \"a\": ", path.display()))), "{e}");
-    let e = RuleSet::load(&dir.join("missing.toml")).unwrap_err();
+    let e = RuleSet::load(&dir.join("missing.toml")).expect_err("no such file");
     assert!(e.0[0].contains("cannot read"), "{e}");
-    std::fs::write(&path, BUILTIN).unwrap();
-    assert_eq!(RuleSet::load(&path).unwrap().rules().len(), 8);
-    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::write(&path, BUILTIN).expect("write rules");
+    assert_eq!(RuleSet::load(&path).expect("built-in rules").rules().len(), 8);
+    std::fs::remove_dir_all(&dir).expect("remove temp dir");
 }
 
 #[test]
@@ -539,8 +539,8 @@ fn a_retracted_hit_that_reappears_gets_a_higher_version() {
     d.advance(100, &s, &mut out);
     d.admit("k", ev(&r, 5, "r", Channel::App, "y", Some("t"), Some("resolved")), &s, &mut out);
     // Same trigger id re-appearing is impossible, but a tombstone must also survive restores.
-    let snap = d.snapshot("k").unwrap();
-    assert_eq!(decode_snapshot(&encode_snapshot(&snap)).unwrap(), snap);
+    let snap = d.snapshot("k").expect("customer has state");
+    assert_eq!(decode_snapshot(&encode_snapshot(&snap)).expect("round trip"), snap);
     let versions: Vec<(i64, bool)> = out.iter().map(|h| (h.hit.version, h.hit.retracted)).collect();
     assert_eq!(versions, [(1, false), (2, true)]);
     assert!(snap.emitted.iter().any(|e| e.hit.hit.retracted), "tombstone kept");
@@ -639,14 +639,14 @@ fn snapshot_restore_continues_where_it_stopped() {
     d.admit("k", ev(&r, 1, "i", Channel::Ivr, "x", None, None), &s, &mut out);
     d.admit("k", ev(&r, 2, "c", Channel::ContactCentre, "contact.start", Some("t"), None), &s, &mut out);
     d.advance(5, &s, &mut out);
-    let snap = d.snapshot("k").unwrap();
+    let snap = d.snapshot("k").expect("customer has state");
     assert_eq!(snap.pending.len(), 1);
     assert_eq!(snap.pending[0].session_hint.as_deref(), Some("s1"));
     let bytes = encode_snapshot(&snap);
     assert_eq!(bytes[0], 1, "format byte");
     let mut e = Detector::new(r.clone(), 1000);
     e.restore_watermark(d.watermark());
-    e.restore(decode_snapshot(&bytes).unwrap());
+    e.restore(decode_snapshot(&bytes).expect("round trip"));
     assert!(e.take_dirty().is_empty(), "restored state is already checkpointed");
     assert_eq!(e.snapshot("k"), Some(snap));
     let mut out2 = Vec::new();
@@ -656,8 +656,8 @@ fn snapshot_restore_continues_where_it_stopped() {
     assert_eq!(out2[0].hit.session_id.as_deref(), Some("s1"));
     // A late step corrects the restored sequence hit with the next version.
     e.admit("k", ev(&r, 1, "a2", Channel::App, "x", None, None), &s, &mut out2);
-    assert_eq!(out2.last().unwrap().hit.version, 2);
-    assert_eq!(out2.last().unwrap().hit.matched_event_ids, ids(&["a2", "i", "c"]));
+    assert_eq!(out2.last().expect("a correction").hit.version, 2);
+    assert_eq!(out2.last().expect("a correction").hit.matched_event_ids, ids(&["a2", "i", "c"]));
 }
 
 #[test]
@@ -777,7 +777,7 @@ proptest! {
     #[test]
     fn snapshots_round_trip(snap in arb_snapshot()) {
         let bytes = encode_snapshot(&snap);
-        prop_assert_eq!(decode_snapshot(&bytes).unwrap(), snap);
+        prop_assert_eq!(decode_snapshot(&bytes).expect("round trip"), snap);
         // Every strict prefix is an error, never a panic.
         for n in 0..bytes.len() {
             prop_assert!(decode_snapshot(&bytes[..n]).is_err());
@@ -792,11 +792,11 @@ proptest! {
 
 #[test]
 fn unknown_snapshot_formats_are_refused() {
-    assert!(decode_snapshot(&[2]).unwrap_err().contains("format 2"));
+    assert!(decode_snapshot(&[2]).expect_err("format 2").contains("format 2"));
     assert!(decode_snapshot(&[]).is_err());
     let mut bytes = encode_snapshot(&DetectSnapshot { key: "k".into(), ..Default::default() });
     bytes.push(0);
-    assert!(decode_snapshot(&bytes).unwrap_err().contains("trailing"));
+    assert!(decode_snapshot(&bytes).expect_err("trailing byte").contains("trailing"));
 }
 
 #[test]
