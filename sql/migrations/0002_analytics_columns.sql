@@ -17,12 +17,18 @@ ALTER TABLE sessions ADD COLUMN IF NOT EXISTS tr_gap_ms Array(Int64);
 
 -- When the row arrived (server clock; the sink does not send it). The rollups recompute the
 -- minutes that recently arrived rows touch (0007). Rows that existed before this migration
--- get the migration's time, written once by MATERIALIZE COLUMN: without it ClickHouse would
--- evaluate now() at every read of an old part and those rows would look new forever.
-ALTER TABLE sessions ADD COLUMN IF NOT EXISTS inserted_at DateTime DEFAULT now();
+-- get 1970-01-01: they never count as recent, so the first refresh does not recompute the
+-- whole history in one query; fill the rollups for past days with sql/maintenance/rebuild_*
+-- (docs/ANALYTICS.md). The 1970 value is written into the old parts (MATERIALIZE, waited
+-- for) before the default becomes now(): a part without the column would otherwise show
+-- the default of the moment it is read, and its rows would look new at every read.
+SET mutations_sync = 2;
+ALTER TABLE sessions ADD COLUMN IF NOT EXISTS inserted_at DateTime DEFAULT toDateTime(0);
 ALTER TABLE sessions MATERIALIZE COLUMN inserted_at;
-ALTER TABLE events ADD COLUMN IF NOT EXISTS inserted_at DateTime DEFAULT now();
+ALTER TABLE sessions MODIFY COLUMN inserted_at DateTime DEFAULT now();
+ALTER TABLE events ADD COLUMN IF NOT EXISTS inserted_at DateTime DEFAULT toDateTime(0);
 ALTER TABLE events MATERIALIZE COLUMN inserted_at;
+ALTER TABLE events MODIFY COLUMN inserted_at DateTime DEFAULT now();
 
 -- events is sorted by event time, which tracks arrival closely, so a minmax index on
 -- inserted_at lets "what arrived in the last 15 minutes" skip almost every granule.

@@ -120,6 +120,35 @@ class ClickHouse:
                 assert time.monotonic() < deadline, f"{view} did not refresh after {since}: {state}"
 
 
+def statements(sql: str) -> list[str]:
+    """A migration's statements, split as `journey migrate` splits them (`;` ends a line)."""
+    out, cur = [], ""
+    for line in sql.splitlines():
+        i = line.find("--")
+        code = line[:i] if i >= 0 and "'" not in line[:i] else line
+        code = code.rstrip()
+        if not code.strip():
+            continue
+        if code.endswith(";"):
+            cur += code[:-1]
+            if cur.strip():
+                out.append(cur.strip())
+            cur = ""
+        else:
+            cur += code + "\n"
+    if cur.strip():
+        out.append(cur.strip())
+    return out
+
+
+def checksum(text: str) -> str:
+    """The checksum `journey migrate` records (FNV-1a 64 of the file, hex)."""
+    h = 0xCBF29CE484222325
+    for b in text.encode():
+        h = ((h ^ b) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return f"{h:016x}"
+
+
 def migrate(database: str, extra_env: dict[str, str] | None = None) -> str:
     """`journey migrate` into `database`; returns its output, logs included (fails the test on an error)."""
     env = {

@@ -15,7 +15,7 @@ import sys
 
 import sqlgen
 from sqlgen import DAY, fmt
-from sqlgen_db import REPO, ch, migrate  # noqa: F401  (ch is a fixture)
+from sqlgen_db import REPO, ClickHouse, ch, checksum, migrate, server_url, statements  # noqa: F401  (ch is a fixture)
 
 MIGRATIONS = sorted(p.name for p in (REPO / "sql" / "migrations").glob("*.sql"))
 TABLES = {"events", "sessions", "scenario_hits", "alerts", "identity_links", "churn", "session_timeline",
@@ -51,6 +51,41 @@ def test_migrations_apply_cleanly_twice_and_again_after_the_docker_init(ch):  # 
     assert ch.scalar("SELECT count() FROM schema_migrations") == len(MIGRATIONS)
 
 
+def test_upgrade_of_a_database_with_data_keeps_its_rows_out_of_the_refresh(ch):  # noqa: F811
+    """A database created before the analytics layer (0001 only, with rows): after `journey
+    migrate` its old rows carry inserted_at 1970 (the refresh leaves history to the rebuild
+    statements), new rows the time of their insert, and old sessions are in the time index."""
+    old = ClickHouse(server_url(), ch.database + "_old")
+    ClickHouse(old.url, "default").execute(f"CREATE DATABASE {old.database}")
+    try:
+        first = (REPO / "sql" / "migrations" / MIGRATIONS[0]).read_text()
+        for stmt in statements(first):
+            old.execute(stmt)
+        old.execute("CREATE TABLE schema_migrations (name String, checksum String, applied_at DateTime DEFAULT now()) "
+                    "ENGINE = MergeTree ORDER BY name")
+        old.insert("schema_migrations", [{"name": MIGRATIONS[0], "checksum": checksum(first)}])
+        ds = sqlgen.generate(customers=10)
+        old.insert("events", [e.row() for e in ds.events])
+        old.insert("sessions", [{k: v for k, v in s.row().items() if not k.startswith("tr_") and k != "region"}
+                                for s in ds.sessions])
+        out = migrate(old.database)
+        assert f"already applied: [{MIGRATIONS[0]!r}]".replace("'", '"') in out, out
+        assert old.scalar("SELECT countIf(inserted_at != 0) FROM events") == 0
+        assert old.scalar("SELECT countIf(inserted_at != 0) FROM sessions") == 0
+        # Every session row still there (merges may have dropped superseded versions) is in
+        # the time index, the current versions included.
+        pairs = "SELECT DISTINCT session_id, version FROM {} ORDER BY session_id, version"
+        assert old.rows(pairs.format("session_timeline WHERE k = 0")) == old.rows(pairs.format("sessions"))
+        assert {(s.session_id, s.version) for s in ds.latest_session.values()} <= \
+            {(r["session_id"], r["version"]) for r in old.rows(pairs.format("session_timeline"))}
+        old.insert("events", [{"event_id": "fresh", "event_time": fmt(ds.base), "channel": "APP"}])
+        assert old.scalar("SELECT dateDiff('second', inserted_at, now()) < 120 FROM events WHERE event_id = 'fresh'") == 1
+        old.refresh()
+        assert old.scalar("SELECT sum(events) FROM events_minute_current") == 1
+    finally:
+        ClickHouse(old.url, "default").execute(f"DROP DATABASE IF EXISTS {old.database} SYNC")
+
+
 def test_select_star_views_show_the_new_columns(ch):  # noqa: F811
     def columns(table):
         return [r["name"] for r in ch.rows(f"DESCRIBE TABLE {table}")]
@@ -62,7 +97,7 @@ def test_select_star_views_show_the_new_columns(ch):  # noqa: F811
     assert columns("sessions")[-6:] == ["region", "tr_from", "tr_to", "tr_time", "tr_gap_ms", "inserted_at"]
     assert columns("events")[-1] == "inserted_at"
     # The sink does not send inserted_at: the server stamps it.
-    ch.insert("events", [{"event_id": "e1", "event_time": "2025-01-01 00:00:00.000", "channel": "APP"}])
+    ch.insert("events", [{"event_id": "e1", "event_time": fmt(sqlgen.base_day()), "channel": "APP"}])
     assert ch.scalar("SELECT dateDiff('second', inserted_at, now()) < 120 FROM events_current") == 1
 
 
