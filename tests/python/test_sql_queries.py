@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import urllib.parse
 
 import pytest
 
@@ -60,7 +61,7 @@ def run(ch, name: str, params: dict) -> list[dict]:  # noqa: F811
     return ch.run_file(QUERIES / name, params)
 
 
-def test_every_query_file_is_tested_and_documented():
+def test_every_query_file_is_tested_and_documented(ch):  # noqa: F811
     files = sorted(p.name for p in QUERIES.glob("*.sql"))
     assert files == sorted(TESTED), f"query files without a test (or tests without a file): {set(files) ^ set(TESTED)}"
     for name in files:
@@ -74,6 +75,12 @@ def test_every_query_file_is_tested_and_documented():
         for param in set(re.findall(r"\{(\w+):", body)):
             assert f"{{{param}:" in header, f"{name}: parameter {param} is not documented"
             assert f"param_{param}=" in header, f"{name}: the example does not pass param_{param}"
+        # The documented example runs as written (here against the empty test database).
+        url = re.search(r"'(http://127\.0\.0\.1:8123/\?[^']+)'", header).group(1)
+        query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query, keep_blank_values=True))
+        assert query.pop("database") == "journey", name
+        ch.execute(text, {k[len("param_"):]: v for k, v in query.items() if k.startswith("param_")},
+                   {k: v for k, v in query.items() if not k.startswith("param_")})
 
 
 def test_events_per_channel_minute(ch, data):  # noqa: F811
