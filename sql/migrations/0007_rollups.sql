@@ -17,17 +17,18 @@
 -- Every recomputation is a pure function of the current rows, so refreshing again, refreshing
 -- after a crash re-insert, or overlapping windows change nothing: it is idempotent. A change
 -- reaches the rollup at the first refresh after its insert (about a minute); it is missed
--- only if no refresh succeeds for 15 minutes (then rebuild the range:
--- sql/maintenance/rebuild_rollups.sql).
+-- only if no refresh succeeds for 15 minutes (then rebuild the range with
+-- sql/maintenance/rebuild_*.sql, which also fill the days before this migration: rows
+-- written before 0002 carry inserted_at 1970 and are never refreshed automatically).
 --
 -- Every read is driven by a sorting key: events and scenario_hits are sorted by time, and
 -- their inserted_at minmax index skips what did not arrive recently. sessions is sorted by
 -- customer, so session_timeline (below) is its time index.
 --
--- Refreshable materialized views need `allow_experimental_refreshable_materialized_view` on
--- ClickHouse 24.8 (obsolete and ignored from 25.x). `journey migrate` passes a migration's
--- SET statements as settings of its later statements; `clickhouse client` keeps them for
--- the session.
+-- Needs ClickHouse 24.9 or later (REFRESH ... APPEND; the upstream 24.8 LTS does not parse
+-- it). Before 25.x refreshable views also need `allow_experimental_refreshable_materialized_view`
+-- (obsolete and ignored later). `journey migrate` passes a migration's SET statements as
+-- settings of its later statements; `clickhouse client` keeps them for the session.
 SET allow_experimental_refreshable_materialized_view = 1;
 
 -- sessions re-keyed by time, for the flow rollup and the flow and path queries. sessions is
