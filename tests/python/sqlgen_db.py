@@ -97,9 +97,10 @@ class ClickHouse:
     def refresh(self, views=ROLLUP_VIEWS) -> None:
         """Runs each refreshable view once more, starting after everything inserted so far.
 
-        SYSTEM REFRESH VIEW does nothing while the view's scheduled refresh runs, and that one
-        may have started before the caller's last insert: so refresh until a refresh that
-        started in a later second than now has succeeded (last_success_time is the start).
+        The view also refreshes on its own schedule, and a refresh that is running when the
+        caller asks may have started before the caller's last insert: so refresh until one
+        that started in a later second than now has succeeded (last_success_time is when the
+        last successful refresh started).
         """
         since = self.scalar("SELECT toUnixTimestamp(now())")
         for view in views:
