@@ -11,6 +11,7 @@ use journey_connectors::topics::create_topics;
 use journey_pipeline::migrate;
 use journey_pipeline::runtime::{run_all, ProcessOptions};
 use journey_schemas::Codec;
+use std::collections::HashMap;
 use std::time::Duration;
 use support::*;
 
@@ -48,5 +49,50 @@ async fn sessions_in_clickhouse_equal_the_batch_computation() {
     .await
     .expect("pipeline");
 
+    identity_links_resolve_to_the_batch_customers(&cfg, &events).await;
     assert_same(&expected(&cfg, &events), &in_clickhouse(&cfg).await);
+}
+
+#[derive(clickhouse::Row, serde::Deserialize)]
+struct Link {
+    identifier_kind: String,
+    identifier: String,
+    customer_id: String,
+}
+
+/// `identity_links_current` records, per identifier, its customer when it was linked; an
+/// absorbed customer's own identifier points on to the customer that absorbed it. Following
+/// that chain must end, for every linked identifier, at the batch canonical customer.
+async fn identity_links_resolve_to_the_batch_customers(cfg: &journey_pipeline::Config, events: &[journey_schemas::ChannelEvent]) {
+    use journey_pipeline::stitch::{batch_canonical, identifiers, IdKind, Ident};
+    let pseudo = pseudonymizer();
+    let ids: Vec<Vec<Ident>> = events.iter().map(|e| identifiers(e, &pseudo)).collect();
+    let canonical = batch_canonical(&ids);
+    let ch = journey_pipeline::sink::clickhouse::client(&cfg.clickhouse);
+    let rows: Vec<Link> =
+        ch.query("SELECT identifier_kind, identifier, customer_id FROM identity_links_current").fetch_all().await.unwrap();
+    let links: HashMap<(String, String), String> =
+        rows.into_iter().map(|r| ((r.identifier_kind, r.identifier), r.customer_id)).collect();
+    let kind = |k: IdKind| match k {
+        IdKind::Customer => "customer",
+        IdKind::Msisdn => "msisdn",
+        IdKind::App => "app",
+    };
+    let ident_of = |key: &str| match key.split_at_checked(2) {
+        Some(("m:", rest)) => ("msisdn".to_string(), rest.to_string()),
+        Some(("a:", rest)) => ("app".to_string(), rest.to_string()),
+        _ => ("customer".to_string(), key.to_string()),
+    };
+    let linked: Vec<&Vec<Ident>> = ids.iter().filter(|i| i.len() > 1).collect();
+    assert!(!linked.is_empty(), "the data set links identifiers");
+    for id in linked.into_iter().flatten() {
+        let mut at = links.get(&(kind(id.kind).to_string(), id.value.clone())).unwrap_or_else(|| panic!("{id:?} has no link")).clone();
+        for _ in 0..32 {
+            match links.get(&ident_of(&at)) {
+                Some(next) if *next != at => at = next.clone(),
+                _ => break,
+            }
+        }
+        assert_eq!(&at, &canonical[id], "links of {id:?} end elsewhere");
+    }
 }

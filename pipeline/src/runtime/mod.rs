@@ -869,7 +869,7 @@ pub async fn process(
 }
 
 /// Pauses (or resumes) every partition currently assigned to `consumer`.
-fn pause_all<C: ConsumerContext>(consumer: &StreamConsumer<C>, pause: bool) {
+pub(crate) fn pause_all<C: ConsumerContext>(consumer: &StreamConsumer<C>, pause: bool) {
     let Ok(assignment) = consumer.assignment() else { return };
     let result = if pause { consumer.pause(&assignment) } else { consumer.resume(&assignment) };
     if let Err(e) = result {

@@ -18,10 +18,13 @@
 //! watermarks pass every event seen plus `gap`, so all sessions close.
 //!
 //! Guarantee: at-least-once. Raw offsets are committed only after every record derived from
-//! them (keyed events, links, control records, dead letters) was acknowledged by Kafka;
-//! a replay re-sends identical records, which the processor deduplicates by event id.
+//! them (keyed events, links, control records, dead letters) was acknowledged by Kafka, and
+//! the links by ClickHouse (`identity_links`); a replay re-sends identical records, which the
+//! processor deduplicates by event id (and `identity_links` by identifier). While ClickHouse
+//! does not acknowledge, consumption pauses (back-pressure) as in the processor.
 
-use super::{send, ProcessOptions};
+use super::{pause_all, send, ProcessOptions};
+use crate::sink::clickhouse::{batch_token, client, Backoff, ClickHouseSink, IdentityRow};
 use crate::config::Config;
 use crate::pii::Pseudonymizer;
 use crate::stitch::{identifiers, IdentityGraph, Merge};
@@ -142,6 +145,10 @@ pub async fn stitch(
     let mut clocks: HashMap<i32, (i64, Instant)> = HashMap::new();
     let lateness = cfg.process.allowed_lateness.as_millis() as i64;
     let gap = cfg.process.gap.as_millis() as i64;
+    let backoff = Backoff { give_up_after: Some(cfg.process.sink_retry_for), ..Backoff::default() };
+    let sink = ClickHouseSink::new(client(&cfg.clickhouse), backoff, true);
+    let mut link_rows: Vec<IdentityRow> = Vec::new();
+    let (mut paused, mut retry_at): (bool, Option<Instant>) = (false, None);
     let mut last_flush = Instant::now();
     let mut last_record = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(200));
@@ -178,9 +185,11 @@ pub async fn stitch(
                 clock.1 = Instant::now();
                 let ids = identifiers(&event, &pseudo);
                 let obs = graph.observe(&ids);
+                let linked = now_ms() as u64;
                 for (k, v) in &obs.links {
                     summary.links += 1;
                     send(&mut pending, &producer, FutureRecord::to(&cfg.topics.identity).key(k.as_bytes()).payload(v.as_bytes()));
+                    link_rows.extend(IdentityRow::from_link(k, v, event.event_time, linked));
                 }
                 for m in &obs.merges {
                     summary.merges += 1;
@@ -203,19 +212,39 @@ pub async fn stitch(
             }
             _ = &mut shutdown => break,
         }
-        if pending.len() >= cfg.process.max_batch_rows || last_flush.elapsed() >= cfg.process.flush_interval {
+        let due = pending.len() + link_rows.len() >= cfg.process.max_batch_rows || last_flush.elapsed() >= cfg.process.flush_interval;
+        if due && retry_at.is_none_or(|t| Instant::now() >= t) {
             let owned: Vec<i32> = consumer.assignment()?.elements_for_topic(&cfg.topics.raw).iter().map(|e| e.partition()).collect();
             let marks = watermarks(&owned, &clocks, lateness, gap, cfg.process.idle_timeout);
             send_watermarks(&mut pending, &producer, &cfg.topics.keyed, &keyed_partitions, raw_partitions, &marks);
-            flush(&consumer, &cfg.topics.raw, &mut pending, &next_offsets, CommitMode::Async).await?;
-            last_flush = Instant::now();
+            match flush(&consumer, &cfg.topics.raw, &mut pending, &next_offsets, CommitMode::Async, &sink, &mut link_rows).await {
+                Ok(()) => {
+                    last_flush = Instant::now();
+                    retry_at = None;
+                    if paused {
+                        paused = false;
+                        pause_all(&consumer, false);
+                        tracing::info!("clickhouse acknowledged again: stitch consumption resumed");
+                    }
+                }
+                Err(e @ Error::ClickHouse { .. }) if e.is_retryable() => {
+                    if !paused {
+                        paused = true;
+                        tracing::warn!(error = %e, "clickhouse unavailable: stitch consumption paused, links kept for retry");
+                    }
+                    // Also re-pauses partitions assigned since.
+                    pause_all(&consumer, true);
+                    retry_at = Some(Instant::now() + Duration::from_secs(1));
+                }
+                Err(e) => return Err(e),
+            }
         }
         if let Some(idle) = opts.exit_when_idle {
             let owned = consumer.assignment().map(|a| a.count()).unwrap_or(0);
             if owned == 0 {
                 // Not assigned yet (a rebalance may wait for a dead member's session to expire).
                 last_record = Instant::now();
-            } else if last_record.elapsed() >= idle && pending.is_empty() {
+            } else if last_record.elapsed() >= idle && pending.is_empty() && link_rows.is_empty() {
                 break;
             }
         }
@@ -223,7 +252,7 @@ pub async fn stitch(
     let owned: Vec<i32> = consumer.assignment()?.elements_for_topic(&cfg.topics.raw).iter().map(|e| e.partition()).collect();
     let marks = watermarks(&owned, &clocks, lateness, gap, cfg.process.idle_timeout);
     send_watermarks(&mut pending, &producer, &cfg.topics.keyed, &keyed_partitions, raw_partitions, &marks);
-    flush(&consumer, &cfg.topics.raw, &mut pending, &next_offsets, CommitMode::Sync).await?;
+    flush(&consumer, &cfg.topics.raw, &mut pending, &next_offsets, CommitMode::Sync, &sink, &mut link_rows).await?;
     tracing::info!(?summary, "stitch stopped");
     Ok(summary)
 }
@@ -272,13 +301,20 @@ fn send_watermarks(
     }
 }
 
+/// Makes the links durable in ClickHouse and everything sent durable in Kafka, then commits.
+/// On a ClickHouse error the rows stay in `links` for the next call (same rows, same token).
 async fn flush(
     consumer: &StreamConsumer,
     topic: &str,
     pending: &mut Vec<DeliveryFuture>,
     next_offsets: &HashMap<i32, i64>,
     mode: CommitMode,
+    sink: &ClickHouseSink,
+    links: &mut Vec<IdentityRow>,
 ) -> Result<(), Error> {
+    let token = batch_token("identity_links", links.iter().map(|r| format!("{}:{}/{}", r.identifier_kind, r.identifier, r.version)));
+    sink.insert("identity_links", links, &token).await?;
+    links.clear();
     for f in std::mem::take(pending) {
         match f.await {
             Ok(Ok(_)) => {}

@@ -354,3 +354,37 @@ impl From<&crate::detect::DetectedHit> for HitRow {
         }
     }
 }
+
+/// A row of `identity_links`: which customer an identifier belonged to when it was linked.
+#[derive(Debug, Clone, PartialEq, Eq, Row, Serialize, Deserialize)]
+pub struct IdentityRow {
+    /// `customer`, `msisdn` or `app`.
+    pub identifier_kind: String,
+    /// CRM id, keyed hash of the phone number, or app install id.
+    pub identifier: String,
+    /// Canonical customer key at the time.
+    pub customer_id: String,
+    /// Event time of the event that linked it, epoch ms.
+    pub linked_at: i64,
+    /// Wall-clock ms when the stitch stage published it: the latest link wins.
+    pub version: u64,
+}
+
+impl IdentityRow {
+    /// The row for an identity-topic record (`c:`/`m:`/`a:` + identifier -> canonical key).
+    pub fn from_link(topic_key: &str, canonical: &str, linked_at: i64, version: u64) -> Option<IdentityRow> {
+        let (kind, identifier) = match topic_key.split_at_checked(2)? {
+            ("c:", rest) => ("customer", rest),
+            ("m:", rest) => ("msisdn", rest),
+            ("a:", rest) => ("app", rest),
+            _ => return None,
+        };
+        Some(IdentityRow {
+            identifier_kind: kind.to_string(),
+            identifier: identifier.to_string(),
+            customer_id: canonical.to_string(),
+            linked_at,
+            version,
+        })
+    }
+}
