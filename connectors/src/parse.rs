@@ -63,7 +63,9 @@ fn opt_string(obj: &Map<String, Value>, field: &'static str) -> Result<Option<St
         Some(Value::String(s)) => Ok(Some(s.clone())),
         // Phone numbers and ids are often exported as numbers: keep their digits.
         Some(Value::Number(n)) if n.is_u64() => Ok(Some(n.to_string())),
-        Some(other) => Err(reject("invalid_field", format!("{field} must be a string, got {other}"))),
+        // Name the JSON type, never the value: identifiers are personal data, and rejection
+        // details reach logs, dead-letter headers and HTTP responses.
+        Some(other) => Err(reject("invalid_field", format!("{field} must be a string, got {}", kind(other)))),
     }
 }
 
@@ -200,6 +202,14 @@ mod tests {
         assert_eq!(code(with("event_time", json!(0))), "event_time_too_old");
         assert_eq!(code(with("colour", json!("red"))), "unknown_field");
         assert_eq!(code(json!([1, 2])), "not_an_object");
+    }
+
+    #[test]
+    fn a_rejected_identifier_is_not_echoed_in_the_reason() {
+        let v = json!({"event_id":"x","event_time":NOW,"channel":"IVR","event_type":"t","msisdn":-79990001122i64,"customer_id":"C1"});
+        let r = event_from_json(&v, NOW, &Limits::default()).unwrap_err();
+        assert_eq!(r.code, "invalid_field");
+        assert!(r.detail.contains("msisdn") && !r.detail.contains("7999"), "{}", r.detail);
     }
 
     #[test]
