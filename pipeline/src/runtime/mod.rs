@@ -914,3 +914,56 @@ pub async fn run_all(
     };
     Ok((s?, p?))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ONE: &str = r#"
+        [[rule]]
+        name = "app_then_call"
+        kind = "sequence"
+        within = "30m"
+        steps = [{ channel = "APP" }, { channel = "CONTACT_CENTRE", event_type = "contact.start" }]
+    "#;
+
+    fn processor(rules_path: &std::path::Path) -> Processor {
+        let mut cfg = Config::default();
+        cfg.detect.rules = rules_path.display().to_string();
+        cfg.detect.reload_interval = Duration::from_millis(1);
+        let rules = cfg.detect.load_rules().unwrap();
+        let pseudo = Pseudonymizer::new(b"unit-test-key-0123456789").unwrap();
+        Processor::new(cfg, Codec::from_manifest().unwrap(), pseudo, rules)
+    }
+
+    #[test]
+    fn a_changed_rule_file_is_applied_and_a_broken_one_rejected() {
+        let dir = std::env::temp_dir().join(format!("journey-rules-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("rules.toml");
+        std::fs::write(&path, ONE).unwrap();
+        let mut p = processor(&path);
+        assert_eq!(p.rules().rules().len(), 1);
+
+        let two = format!("{ONE}\n[[rule]]\nname = \"storm\"\nkind = \"count\"\nwithin = \"7d\"\nat_least = 3\nmatch = {{ event_type = \"contact.start\" }}\n");
+        std::fs::write(&path, &two).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        p.reload_rules_if_due();
+        assert_eq!(p.rules().rules().iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["app_then_call", "storm"]);
+
+        // A broken file (unknown kind, bad duration) is rejected; the running set stays.
+        std::fs::write(&path, "[[rule]]\nname = \"x\"\nkind = \"sometimes\"\nwithin = \"3 fortnights\"\n").unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        p.reload_rules_if_due();
+        assert_eq!(p.rules().rules().len(), 2);
+        assert!(p.rules_rejected.as_deref().is_some_and(|e| e.contains("rule[0]")), "{:?}", p.rules_rejected);
+
+        // Fixed again: applied, and the rejection is forgotten.
+        std::fs::write(&path, ONE).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        p.reload_rules_if_due();
+        assert_eq!(p.rules().rules().len(), 1);
+        assert!(p.rules_rejected.is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
