@@ -4,6 +4,7 @@
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+use std::hash::{BuildHasher, RandomState};
 
 /// Environment variable holding the pseudonymisation key.
 pub const PII_KEY_ENV: &str = "JOURNEY_PII_KEY";
@@ -18,6 +19,17 @@ impl std::fmt::Debug for Pseudonymizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Pseudonymizer(<key hidden>)")
     }
+}
+
+/// Lower-case hex of 16 bytes.
+pub fn hex16(bytes: &[u8; 16]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(32);
+    for &b in bytes {
+        s.push(DIGITS[usize::from(b >> 4)] as char);
+        s.push(DIGITS[usize::from(b & 0xf)] as char);
+    }
+    s
 }
 
 impl Pseudonymizer {
@@ -38,16 +50,107 @@ impl Pseudonymizer {
         Pseudonymizer::new(key.as_bytes())
     }
 
-    /// Hex of the first 16 bytes of HMAC-SHA256(key, value).
-    pub fn hash(&self, value: &str) -> String {
+    /// The first 16 bytes of HMAC-SHA256(key, value).
+    pub fn digest(&self, value: &str) -> [u8; 16] {
         let mut mac = self.mac.clone();
         mac.update(value.as_bytes());
         let out = mac.finalize().into_bytes();
-        let mut s = String::with_capacity(32);
-        for b in &out[..16] {
-            s.push_str(&format!("{b:02x}"));
+        let mut d = [0u8; 16];
+        d.copy_from_slice(&out[..16]);
+        d
+    }
+
+    /// Hex of the first 16 bytes of HMAC-SHA256(key, value).
+    pub fn hash(&self, value: &str) -> String {
+        hex16(&self.digest(value))
+    }
+}
+
+/// Turns raw phone numbers into pseudonyms: a [`Pseudonymizer`] or a [`PseudonymCache`].
+pub trait Pseudonyms {
+    /// The pseudonym of `raw` (what [`Pseudonymizer::hash`] returns).
+    fn pseudonym(&mut self, raw: &str) -> String;
+}
+
+impl Pseudonyms for &Pseudonymizer {
+    fn pseudonym(&mut self, raw: &str) -> String {
+        self.hash(raw)
+    }
+}
+
+impl Pseudonyms for &mut PseudonymCache {
+    fn pseudonym(&mut self, raw: &str) -> String {
+        hex16(&self.digest(raw))
+    }
+}
+
+/// One slot of a [`PseudonymCache`]: a raw number's fingerprint and its pseudonym's bytes.
+type Slot = Option<([u64; 2], [u8; 16])>;
+
+/// Slots of a [`PseudonymCache`] by default (about 1.3 MB).
+pub const PSEUDONYM_CACHE_SLOTS: usize = 1 << 15;
+
+/// A [`Pseudonymizer`] that remembers the pseudonyms of recently seen phone numbers, because
+/// one customer's events come in bursts (a call, its IVR steps, the SMS after it) and the
+/// HMAC is the costliest step of stitching.
+///
+/// State, and why it is bounded and holds no raw number: a fixed table of `slots` entries,
+/// each a 128-bit fingerprint of a raw number (SipHash under two random per-process keys, so
+/// fingerprints cannot be precomputed or reversed by enumerating numbers without those keys)
+/// and its pseudonym. A new number overwrites whatever shared its slot, so the table never
+/// grows and needs no eviction pass.
+#[derive(Debug)]
+pub struct PseudonymCache {
+    pseudo: Pseudonymizer,
+    fingerprint: [RandomState; 2],
+    slots: Box<[Slot]>,
+    hits: u64,
+    misses: u64,
+}
+
+impl PseudonymCache {
+    /// A cache of [`PSEUDONYM_CACHE_SLOTS`] slots.
+    pub fn new(pseudo: Pseudonymizer) -> PseudonymCache {
+        PseudonymCache::with_slots(pseudo, PSEUDONYM_CACHE_SLOTS)
+    }
+
+    /// A cache of `slots` slots (rounded up to a power of two, at least 1).
+    pub fn with_slots(pseudo: Pseudonymizer, slots: usize) -> PseudonymCache {
+        let n = slots.max(1).next_power_of_two();
+        PseudonymCache {
+            pseudo,
+            fingerprint: [RandomState::new(), RandomState::new()],
+            slots: vec![None; n].into_boxed_slice(),
+            hits: 0,
+            misses: 0,
         }
-        s
+    }
+
+    /// The pseudonymizer behind the cache.
+    pub fn pseudonymizer(&self) -> &Pseudonymizer {
+        &self.pseudo
+    }
+
+    /// [`Pseudonymizer::digest`] of `value`, from the cache when it is there.
+    pub fn digest(&mut self, value: &str) -> [u8; 16] {
+        let fp = [self.fingerprint[0].hash_one(value), self.fingerprint[1].hash_one(value)];
+        // The mask keeps the index below the table's (power-of-two) length.
+        let slot = &mut self.slots[fp[0] as usize & (self.slots.len() - 1)];
+        if let Some((f, d)) = slot {
+            if *f == fp {
+                self.hits += 1;
+                return *d;
+            }
+        }
+        self.misses += 1;
+        let d = self.pseudo.digest(value);
+        *slot = Some((fp, d));
+        d
+    }
+
+    /// Lookups answered from the cache and lookups that computed the HMAC.
+    pub fn stats(&self) -> (u64, u64) {
+        (self.hits, self.misses)
     }
 }
 
@@ -63,5 +166,35 @@ mod tests {
         assert_ne!(a.hash("79990001122"), b.hash("79990001122"));
         assert!(!a.hash("79990001122").contains("7999"));
         assert!(Pseudonymizer::new(b"short").is_err());
+    }
+
+    #[test]
+    fn pseudonym_is_the_hex_of_the_hmac_prefix() {
+        // The hex writer must give what the former `format!("{b:02x}")` per byte gave.
+        let key = b"0123456789abcdef";
+        let p = Pseudonymizer::new(key).unwrap();
+        let mut mac = Hmac::<Sha256>::new_from_slice(key).unwrap();
+        mac.update(b"79990001122");
+        let full = mac.finalize().into_bytes();
+        let expected: String = full[..16].iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(p.hash("79990001122"), expected);
+    }
+
+    #[test]
+    fn the_cache_answers_like_the_pseudonymizer_even_when_slots_collide() {
+        let p = Pseudonymizer::new(b"0123456789abcdef").unwrap();
+        // Two slots for a hundred numbers: most lookups evict another number.
+        let mut cache = PseudonymCache::with_slots(p.clone(), 2);
+        for round in 0..3 {
+            for i in 0..100 {
+                let raw = format!("7999{i:07}");
+                assert_eq!((&mut cache).pseudonym(&raw), p.hash(&raw), "round {round}");
+            }
+        }
+        let mut cache = PseudonymCache::new(p.clone());
+        for _ in 0..3 {
+            assert_eq!((&mut cache).pseudonym("79990001122"), p.hash("79990001122"));
+        }
+        assert_eq!(cache.stats(), (2, 1));
     }
 }

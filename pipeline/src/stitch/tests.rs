@@ -63,11 +63,24 @@ fn topic_keys_round_trip() {
 }
 
 fn arb_ident() -> impl Strategy<Value = Ident> {
-    (0u8..3, 0u8..12).prop_map(|(k, v)| match k {
-        0 => c(&format!("C{v}")),
-        1 => m(&format!("h{v}")),
-        _ => a(&format!("app{v}")),
+    // Short values, phone pseudonyms (32 hex digits) and long values: the three forms in which
+    // the graph stores a component's best identifier.
+    (0u8..3, 0u8..12, 0u8..3).prop_map(|(k, v, form)| {
+        let value = match form {
+            0 => format!("{v}"),
+            1 => format!("{:032x}", u128::from(v).wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835)),
+            _ => format!("a-rather-long-identifier-value-{v}"),
+        };
+        match k {
+            0 => c(&format!("C{value}")),
+            1 => m(&value),
+            _ => a(&format!("app{value}")),
+        }
     })
+}
+
+fn arb_text() -> impl Strategy<Value = String> {
+    prop_oneof!["[a-f0-9]{32}", "[a-fA-F0-9]{30,34}", ".{0,40}", "[\\x00-\\x7f]{20,24}",]
 }
 
 proptest! {
@@ -104,5 +117,21 @@ proptest! {
         for (id, canonical) in &expected {
             prop_assert_eq!(&rebuilt.resolve(id), canonical);
         }
+    }
+}
+
+proptest! {
+    #[test]
+    fn the_compact_best_identifier_orders_and_spells_like_the_identifier(
+        ka in 0u8..3, a_text in arb_text(), kb in 0u8..3, b_text in arb_text(),
+    ) {
+        let kind = |k: u8| [IdKind::Customer, IdKind::Msisdn, IdKind::App][usize::from(k)];
+        let x = Ident { kind: kind(ka), value: a_text };
+        let y = Ident { kind: kind(kb), value: b_text };
+        let (bx, by) = (Best::new(&x), Best::new(&y));
+        prop_assert_eq!(bx.canonical_key(), x.canonical_key());
+        prop_assert_eq!(by.canonical_key(), y.canonical_key());
+        prop_assert_eq!(bx.le(&by), x <= y);
+        prop_assert_eq!(by.le(&bx), y <= x);
     }
 }
