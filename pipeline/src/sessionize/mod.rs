@@ -16,7 +16,7 @@
 
 use crate::operator::Operator;
 use journey_schemas::{Channel, ChannelEvent, Session};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 /// Session parameters, in milliseconds of event time.
@@ -94,19 +94,35 @@ pub fn cut_sessions(events: &[SessionEvent], p: &SessionParams) -> Vec<std::ops:
 
 /// Deterministic session id: a hash of the customer and the first event id.
 pub fn session_id(customer: &str, first_event_id: &str) -> String {
-    format!(
-        "{:016x}{:016x}",
-        fnv1a(customer.as_bytes(), first_event_id.as_bytes(), 0),
-        fnv1a(customer.as_bytes(), first_event_id.as_bytes(), 1)
-    )
+    // `format!("{:016x}{:016x}", fnv1a(.., 0), fnv1a(.., 1))`, with both hashes in one pass
+    // and the hex spelled out: this runs for every session of every reconcile.
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let (mut h0, mut h1) = (fnv1a_seed(0), fnv1a_seed(1));
+    for &byte in customer.as_bytes().iter().chain(&[0xff]).chain(first_event_id.as_bytes()) {
+        h0 = (h0 ^ u64::from(byte)).wrapping_mul(FNV_PRIME);
+        h1 = (h1 ^ u64::from(byte)).wrapping_mul(FNV_PRIME);
+    }
+    let mut id = String::with_capacity(32);
+    for h in [h0, h1] {
+        for shift in (0..16).rev() {
+            id.push(DIGITS[((h >> (4 * shift)) & 0xf) as usize] as char);
+        }
+    }
+    id
+}
+
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+fn fnv1a_seed(salt: u8) -> u64 {
+    0xcbf2_9ce4_8422_2325 ^ u64::from(salt).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
 /// FNV-1a over two byte strings with a separator and a salt; stable across builds and platforms.
 pub fn fnv1a(a: &[u8], b: &[u8], salt: u8) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ u64::from(salt).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mut h = fnv1a_seed(salt);
     for &byte in a.iter().chain(&[0xff]).chain(b) {
         h ^= u64::from(byte);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        h = h.wrapping_mul(FNV_PRIME);
     }
     h
 }
@@ -235,12 +251,17 @@ struct CustomerState {
     key: String,
     /// Distinct events sorted by (time, id).
     events: Vec<SessionEvent>,
-    /// Emitted sessions by id: the last emitted record.
-    emitted: HashMap<String, Session>,
+    /// The last emitted record of each session id (a customer has a handful, so a list).
+    emitted: Vec<Session>,
     /// Deadline in the timer set, if any.
     timer: Option<i64>,
+    /// Earliest prune deadline of the closed sessions and tombstones, as of the last reconcile
+    /// (in-order events never close a session, so it stays valid until the next one).
+    prune_at: Option<i64>,
     /// Smallest input offset among events of sessions not yet emitted as closed.
     pending_offset: Option<i64>,
+    /// Listed in `Sessionizer::dirty` since the last `take_dirty`.
+    dirty: bool,
 }
 
 /// Everything the sessionizer keeps for one customer, for checkpoints.
@@ -258,7 +279,8 @@ pub struct CustomerSnapshot {
 #[derive(Debug)]
 pub struct Sessionizer {
     params: SessionParams,
-    index: HashMap<String, usize>,
+    /// Customer key -> slot; looked up for every event, so a fast seeded hash, not SipHash.
+    index: HashMap<String, usize, foldhash::fast::RandomState>,
     customers: Vec<CustomerState>,
     free: Vec<usize>,
     timers: BTreeSet<(i64, usize)>,
@@ -266,8 +288,14 @@ pub struct Sessionizer {
     /// Lowest version a new emission may carry (the runtime derives it from input offsets,
     /// so versions are deterministic and grow across restarts).
     version_floor: i64,
-    /// Customers whose state changed since the last [`Sessionizer::take_dirty`].
-    dirty: std::collections::HashSet<String>,
+    /// Slots of customers whose state changed since the last [`Sessionizer::take_dirty`]
+    /// (each listed once: its `dirty` flag says so), so the hot path allocates no key.
+    dirty: Vec<usize>,
+    /// Keys whose state was removed since the last [`Sessionizer::take_dirty`].
+    dirty_gone: HashSet<String>,
+    /// Test switch: arm timers as the first version did (see `tests::reference_schedule`).
+    #[cfg(test)]
+    reference_timers: bool,
 }
 
 impl Sessionizer {
@@ -275,25 +303,58 @@ impl Sessionizer {
     pub fn new(params: SessionParams) -> Sessionizer {
         Sessionizer {
             params,
-            index: HashMap::new(),
+            index: HashMap::default(),
             customers: Vec::new(),
             free: Vec::new(),
             timers: BTreeSet::new(),
             watermark: i64::MIN,
             version_floor: 1,
-            dirty: std::collections::HashSet::new(),
+            dirty: Vec::new(),
+            dirty_gone: HashSet::new(),
+            #[cfg(test)]
+            reference_timers: false,
         }
     }
 
     /// Keys whose state changed since the last call (checkpointing), and forgets them.
     pub fn take_dirty(&mut self) -> Vec<String> {
-        self.dirty.drain().collect()
+        let mut keys = Vec::with_capacity(self.dirty.len() + self.dirty_gone.len());
+        for key in std::mem::take(&mut self.dirty_gone) {
+            // A key removed and then created again is listed below, once.
+            if !self.index.get(&key).is_some_and(|&idx| self.customers[idx].dirty) {
+                keys.push(key);
+            }
+        }
+        for idx in std::mem::take(&mut self.dirty) {
+            let c = &mut self.customers[idx];
+            // A slot freed (and maybe reused) since it was listed has its flag cleared.
+            if std::mem::take(&mut c.dirty) {
+                keys.push(c.key.clone());
+            }
+        }
+        keys
+    }
+
+    fn mark_dirty(&mut self, idx: usize) {
+        let c = &mut self.customers[idx];
+        if !c.dirty {
+            c.dirty = true;
+            self.dirty.push(idx);
+        }
+    }
+
+    /// Forgets that `customer` changed (its state was just restored as it is in the changelog).
+    fn clear_dirty(&mut self, customer: &str) {
+        self.dirty_gone.remove(customer);
+        if let Some(&idx) = self.index.get(customer) {
+            self.customers[idx].dirty = false;
+        }
     }
 
     /// A customer's state, if it has any.
     pub fn snapshot(&self, customer: &str) -> Option<CustomerSnapshot> {
         let c = &self.customers[*self.index.get(customer)?];
-        let mut emitted: Vec<Session> = c.emitted.values().cloned().collect();
+        let mut emitted: Vec<Session> = c.emitted.clone();
         emitted.sort_by(|a, b| a.session_id.cmp(&b.session_id));
         Some(CustomerSnapshot { key: c.key.clone(), events: c.events.clone(), emitted })
     }
@@ -307,9 +368,16 @@ impl Sessionizer {
         let c = &mut self.customers[idx];
         c.pending_offset = None;
         c.events = snap.events;
-        c.emitted = snap.emitted.into_iter().map(|s| (s.session_id.clone(), s)).collect();
+        c.emitted = Vec::with_capacity(snap.emitted.len());
+        for s in snap.emitted {
+            // One record per session id, the last one winning, as a map would keep.
+            match c.emitted.iter_mut().find(|e| e.session_id == s.session_id) {
+                Some(e) => *e = s,
+                None => c.emitted.push(s),
+            }
+        }
         self.reconcile(idx, out);
-        self.dirty.remove(&snap.key);
+        self.clear_dirty(&snap.key);
     }
 
     /// Sets the watermark without emitting (restoring a checkpoint).
@@ -319,13 +387,17 @@ impl Sessionizer {
 
     fn take_customer_quietly(&mut self, customer: &str, out: &mut Vec<Emitted>) {
         let _ = self.take_customer(customer, out);
-        self.dirty.remove(customer);
+        self.clear_dirty(customer);
     }
 
     fn slot_for(&mut self, customer: &str) -> usize {
-        if let Some(&i) = self.index.get(customer) {
-            return i;
+        match self.index.get(customer) {
+            Some(&i) => i,
+            None => self.new_slot(customer),
         }
+    }
+
+    fn new_slot(&mut self, customer: &str) -> usize {
         let state = CustomerState { key: customer.to_string(), ..Default::default() };
         let i = match self.free.pop() {
             Some(i) => {
@@ -390,13 +462,12 @@ impl Sessionizer {
         if self.watermark != i64::MIN && ev.time < self.watermark.saturating_sub(self.params.horizon_ms) {
             return Admission::TooLate;
         }
-        if let Some(&i) = self.index.get(customer) {
-            if self.customers[i].events.iter().any(|e| e.id == ev.id) {
-                return Admission::Duplicate;
-            }
-        }
-        let idx = self.slot_for(customer);
-        self.dirty.insert(customer.to_string());
+        let idx = match self.index.get(customer) {
+            Some(&i) if self.customers[i].events.iter().any(|e| e.id == ev.id) => return Admission::Duplicate,
+            Some(&i) => i,
+            None => self.new_slot(customer),
+        };
+        self.mark_dirty(idx);
         let c = &mut self.customers[idx];
         let late = ev.time < self.watermark;
         c.pending_offset = Some(c.pending_offset.map_or(ev.offset, |o| o.min(ev.offset)));
@@ -438,49 +509,71 @@ impl Sessionizer {
         let p = self.params;
         let wm = self.watermark;
         let floor = self.version_floor;
+        self.mark_dirty(idx);
         let c = &mut self.customers[idx];
-        self.dirty.insert(c.key.clone());
         let ranges = cut_sessions(&c.events, &p);
-        let mut live_ids = Vec::with_capacity(ranges.len());
+        let mut live_ids: Vec<String> = Vec::with_capacity(ranges.len());
         let mut next_deadline: Option<i64> = None;
+        let mut next_prune: Option<i64> = None;
         let mut prune_before = 0usize;
+        let mut pruned_sessions = 0usize;
         let mut pending: Option<i64> = None;
         for r in &ranges {
-            let mut s = build_session(&c.key, &c.events[r.clone()]);
-            let closed = s.end_time.saturating_add(p.gap_ms) < wm || s.start_time.saturating_add(p.max_duration_ms) < wm;
-            live_ids.push(s.session_id.clone());
+            let run = &c.events[r.clone()];
+            let (first, last) = (&run[0], &run[run.len() - 1]);
+            let id = session_id(&c.key, &first.id);
+            let closed = last.time.saturating_add(p.gap_ms) < wm || first.time.saturating_add(p.max_duration_ms) < wm;
             if closed {
-                let changed = match c.emitted.get(&s.session_id) {
-                    Some(prev) => !same_content(prev, &s),
-                    None => true,
-                };
-                if changed {
-                    s.version = c.emitted.get(&s.session_id).map_or(floor, |prev| (prev.version + 1).max(floor));
-                    out.push(Emitted::live(s.clone(), &c.events[r.clone()]));
-                    c.emitted.insert(s.session_id.clone(), s.clone());
+                let prev = c.emitted.iter().position(|s| s.session_id == id);
+                // Retained events only grow between prunes of whole sessions, and a session is a
+                // contiguous run of them: an emitted record with the same first and last event
+                // and the same count covers the very same events, so it needs no rebuild.
+                let unchanged = prev.is_some_and(|i| {
+                    let s = &c.emitted[i];
+                    !s.retracted
+                        && s.start_time == first.time
+                        && s.end_time == last.time
+                        && s.event_count == run.len() as i64
+                        && *s.last_event_id == *last.id
+                });
+                debug_assert!(!unchanged || prev.is_some_and(|i| same_content(&c.emitted[i], &build_session(&c.key, run))));
+                if !unchanged {
+                    let mut s = build_session(&c.key, run);
+                    let changed = prev.is_none_or(|i| !same_content(&c.emitted[i], &s));
+                    if changed {
+                        s.version = prev.map_or(floor, |i| (c.emitted[i].version + 1).max(floor));
+                        out.push(Emitted::live(s.clone(), run));
+                        match prev {
+                            Some(i) => c.emitted[i] = s,
+                            None => c.emitted.push(s),
+                        }
+                    }
                 }
                 // Whole sessions beyond the horizon can no longer change: prune them.
-                if s.end_time.saturating_add(p.gap_ms) < wm.saturating_sub(p.horizon_ms) && prune_before == r.start {
+                if last.time.saturating_add(p.gap_ms) < wm.saturating_sub(p.horizon_ms) && prune_before == r.start {
                     prune_before = r.end;
+                    pruned_sessions += 1;
                 }
-                let prune_at = s.end_time.saturating_add(p.gap_ms).saturating_add(p.horizon_ms);
+                let prune_at = last.time.saturating_add(p.gap_ms).saturating_add(p.horizon_ms);
                 next_deadline = Some(next_deadline.map_or(prune_at, |d| d.min(prune_at)));
+                next_prune = Some(next_prune.map_or(prune_at, |d| d.min(prune_at)));
             } else {
-                let min_off = c.events[r.clone()].iter().map(|e| e.offset).min();
+                let min_off = run.iter().map(|e| e.offset).min();
                 pending = match (pending, min_off) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
                 };
-                let close_at = s.end_time.saturating_add(p.gap_ms).min(s.start_time.saturating_add(p.max_duration_ms));
+                let close_at = last.time.saturating_add(p.gap_ms).min(first.time.saturating_add(p.max_duration_ms));
                 next_deadline = Some(next_deadline.map_or(close_at, |d| d.min(close_at)));
             }
+            live_ids.push(id);
         }
         c.pending_offset = pending;
         // Emitted sessions that no longer exist were absorbed or re-cut: retract them. The
         // retraction stays as a tombstone so that, should a later re-cut bring the same id back,
         // its new version is still higher than the retraction's.
-        for (id, prev) in c.emitted.iter_mut() {
-            if !prev.retracted && !live_ids.contains(id) {
+        for prev in c.emitted.iter_mut() {
+            if !prev.retracted && !live_ids.contains(&prev.session_id) {
                 prev.version = (prev.version + 1).max(floor);
                 prev.retracted = true;
                 out.push(Emitted::retraction(prev.clone()));
@@ -490,20 +583,25 @@ impl Sessionizer {
             c.events.drain(..prune_before);
         }
         // Keep the emitted records of sessions still derived from retained events, and
-        // tombstones until they are past the horizon too.
+        // tombstones until they are past the horizon too. Pruning whole sessions off the front
+        // leaves the cut of the rest as it was, so the retained sessions are the live ones
+        // after the pruned ones.
         let horizon_start = wm.saturating_sub(p.horizon_ms);
-        let retained: Vec<String> = cut_sessions(&c.events, &p).into_iter().map(|r| session_id(&c.key, &c.events[r.start].id)).collect();
-        c.emitted.retain(|id, s| retained.contains(id) || s.end_time.saturating_add(p.gap_ms) >= horizon_start);
-        for s in c.emitted.values().filter(|s| s.retracted) {
+        let retained = &live_ids[pruned_sessions..];
+        c.emitted.retain(|s| retained.contains(&s.session_id) || s.end_time.saturating_add(p.gap_ms) >= horizon_start);
+        for s in c.emitted.iter().filter(|s| s.retracted) {
             let prune_at = s.end_time.saturating_add(p.gap_ms).saturating_add(p.horizon_ms);
             next_deadline = Some(next_deadline.map_or(prune_at, |d| d.min(prune_at)));
+            next_prune = Some(next_prune.map_or(prune_at, |d| d.min(prune_at)));
         }
+        c.prune_at = next_prune;
         if let Some(old) = c.timer.take() {
             self.timers.remove(&(old, idx));
         }
         if self.customers[idx].events.is_empty() && self.customers[idx].emitted.is_empty() {
             let key = std::mem::take(&mut self.customers[idx].key);
             self.index.remove(&key);
+            self.dirty_gone.insert(key);
             self.customers[idx] = CustomerState::default();
             self.free.push(idx);
             return;
@@ -514,25 +612,25 @@ impl Sessionizer {
         }
     }
 
+    /// Re-arms a customer's timer after an in-order event (not behind the watermark).
+    ///
+    /// Such an event never closes a session nor changes a closed one (it is at or after the
+    /// watermark, so more than `gap` after any closed session's end, and more than
+    /// `max_duration` after the start of one closed by length), so what can happen next is
+    /// that an open session closes, or that the prune deadline set by the last reconcile
+    /// passes. Open sessions close in order (their `min(end + gap, start + max_duration)`
+    /// grows along the cut), so the first open one gives the deadline.
     fn schedule(&mut self, idx: usize) {
-        let p = self.params;
+        #[cfg(test)]
+        if self.reference_timers {
+            return self.reference_schedule(idx);
+        }
         let c = &mut self.customers[idx];
-        // The last session closes last; earlier ones may already be closed but were emitted
-        // when their own deadline passed (or are re-emitted by reconcile when touched late).
-        let ranges = cut_sessions(&c.events, &p);
-        let deadline = ranges
-            .iter()
-            .map(|r| {
-                let s = &c.events[r.start];
-                let e = &c.events[r.end - 1];
-                e.time.saturating_add(p.gap_ms).min(s.time.saturating_add(p.max_duration_ms))
-            })
-            .min()
-            .unwrap_or(i64::MAX);
-        let deadline = match c.timer {
-            Some(t) => t.min(deadline),
-            None => deadline,
-        };
+        let close = first_open_close(&c.events, &self.params, self.watermark);
+        let deadline = c.prune_at.map_or(close, |t| t.min(close));
+        if c.timer == Some(deadline) {
+            return;
+        }
         if let Some(old) = c.timer.replace(deadline) {
             self.timers.remove(&(old, idx));
         }
@@ -544,14 +642,14 @@ impl Sessionizer {
     /// caller re-publishes under the new key.
     pub fn take_customer(&mut self, customer: &str, out: &mut Vec<Emitted>) -> Vec<SessionEvent> {
         let Some(idx) = self.index.remove(customer) else { return Vec::new() };
-        self.dirty.insert(customer.to_string());
+        self.dirty_gone.insert(customer.to_string());
         let floor = self.version_floor;
         let state = std::mem::take(&mut self.customers[idx]);
         if let Some(t) = state.timer {
             self.timers.remove(&(t, idx));
         }
         self.free.push(idx);
-        let mut retractions: Vec<Session> = state.emitted.into_values().filter(|s| !s.retracted).collect();
+        let mut retractions: Vec<Session> = state.emitted.into_iter().filter(|s| !s.retracted).collect();
         retractions.sort_by(|a, b| a.session_id.cmp(&b.session_id));
         for mut s in retractions {
             s.version = (s.version + 1).max(floor);
@@ -566,6 +664,25 @@ impl Sessionizer {
     pub fn flush_all(&mut self, out: &mut Vec<Emitted>) {
         self.advance(i64::MAX / 4, out);
     }
+}
+
+/// `min(end + gap, start + max_duration)` of the first session of `events` (sorted, not empty)
+/// that is not closed at watermark `wm`, or of the last session if all are.
+fn first_open_close(events: &[SessionEvent], p: &SessionParams, wm: i64) -> i64 {
+    let close =
+        |start: &SessionEvent, end: &SessionEvent| end.time.saturating_add(p.gap_ms).min(start.time.saturating_add(p.max_duration_ms));
+    let mut start = 0;
+    // The same cut as `cut_sessions`, walked without collecting it.
+    for i in 1..events.len() {
+        if events[i].time - events[i - 1].time >= p.gap_ms || events[i].time - events[start].time > p.max_duration_ms {
+            let c = close(&events[start], &events[i - 1]);
+            if c >= wm {
+                return c;
+            }
+            start = i;
+        }
+    }
+    close(&events[start], &events[events.len() - 1])
 }
 
 fn same_content(a: &Session, b: &Session) -> bool {
