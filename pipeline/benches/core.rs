@@ -1,22 +1,46 @@
-//! Per-event cost of the processor core, no I/O: decode (Avro, Confluent framing) + validate
-//! + stitch (identifiers, pseudonymised phone, identity graph) + sessionize + build the
-//! ClickHouse row + encode emitted sessions.
-//! Run: `cargo bench -p journey-pipeline --bench core`.
+//! Per-event cost of the processor core, no I/O: decode (Avro, Confluent framing) and
+//! validate, stitch (identifiers, pseudonymised phone, identity graph), sessionize, build the
+//! ClickHouse row and encode emitted sessions.
+//!
+//! Run: `cargo bench -p journey-pipeline --bench core` (all groups), or one group, e.g.
+//! `cargo bench -p journey-pipeline --bench core -- core/all`. `EVENTS=N CUSTOMERS=N` change the
+//! data (default 2,000,000 events over 1,000,000 customers and 7 days of event time).
+//!
+//! Groups: `core/all` is the whole path, one event after another, as the runtime runs it;
+//! `core/decode`, `core/stitch`, `core/sessionize` and `core/encode` time each stage alone on
+//! inputs prepared (untimed) by the stages before it, so their sum shows where the time goes.
+//! Each iteration starts from empty state (graph, pseudonym cache, sessionizer).
 
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, SamplingMode, Throughput};
 use journey_connectors::generator::{Generated, Generator, GeneratorConfig};
-use journey_pipeline::pii::Pseudonymizer;
-use journey_pipeline::sessionize::{SessionEvent, SessionParams, Sessionizer};
+use journey_pipeline::pii::{PseudonymCache, Pseudonymizer};
+use journey_pipeline::sessionize::{Emitted, SessionEvent, SessionParams, Sessionizer};
 use journey_pipeline::sink::clickhouse::EventRow;
 use journey_pipeline::stitch::{identifiers, IdentityGraph};
 use journey_schemas::validate::{validate_event, Limits};
-use journey_schemas::Codec;
+use journey_schemas::{ChannelEvent, Codec};
 
-const N: usize = 200_000;
+const NOW: i64 = 1_800_000_000_000;
+const PARAMS: SessionParams = SessionParams { gap_ms: 30 * 60_000, max_duration_ms: 24 * 3_600_000, horizon_ms: 24 * 3_600_000 };
+const LATENESS: i64 = 5 * 60_000;
+/// Events between two takes of the changed customers, as the runtime's flush does (without
+/// encoding their snapshots, which is the changelog's cost, not the core's).
+const FLUSH_EVERY: usize = 10_000;
 
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default)
+}
+
+/// Generated events in emission order, encoded as the raw topic carries them.
 fn encoded_events(codec: &Codec) -> Vec<Vec<u8>> {
-    let cfg = GeneratorConfig { customers: 50_000, events: Some(N as u64), seed: 3, days: 7, ..GeneratorConfig::default() };
-    Generator::new(cfg, 1_800_000_000_000)
+    let cfg = GeneratorConfig {
+        customers: env_or("CUSTOMERS", 1_000_000),
+        events: Some(env_or("EVENTS", 2_000_000)),
+        seed: 3,
+        days: 7,
+        ..GeneratorConfig::default()
+    };
+    Generator::new(cfg, NOW)
         .filter_map(|g| match g {
             Generated::Event(e) => Some(codec.encode_event(&e)),
             _ => None,
@@ -24,48 +48,173 @@ fn encoded_events(codec: &Codec) -> Vec<Vec<u8>> {
         .collect()
 }
 
-fn core(c: &mut Criterion) {
-    let codec = Codec::from_manifest().unwrap();
-    let records = encoded_events(&codec);
-    let pseudo = Pseudonymizer::new(b"bench-key-0123456789abcdef").unwrap();
+fn pseudonymizer() -> Pseudonymizer {
+    Pseudonymizer::new(b"bench-key-0123456789abcdef").expect("a 26-byte key is long enough")
+}
+
+/// Stitches one event: its canonical key and its phone pseudonym (empty without a phone).
+fn stitch(e: &ChannelEvent, graph: &mut IdentityGraph, pseudo: &mut PseudonymCache) -> (String, String) {
+    let ids = identifiers(e, pseudo);
+    let key = graph.observe(&ids).canonical;
+    let msisdn_hash = ids.iter().find(|i| i.kind == journey_pipeline::stitch::IdKind::Msisdn).map(|i| i.value.clone()).unwrap_or_default();
+    (key, msisdn_hash)
+}
+
+/// What the whole path returns, so nothing is optimised away.
+#[derive(Debug, Default)]
+struct Totals {
+    customers: usize,
+    sessions: usize,
+    rows: usize,
+    bytes: usize,
+    dirty: usize,
+}
+
+/// The state is returned so that dropping it is not timed (the runtime never drops it).
+fn all(codec: &Codec, records: &[Vec<u8>]) -> (IdentityGraph, Sessionizer, Totals) {
     let limits = Limits::default();
-    let params = SessionParams { gap_ms: 30 * 60_000, max_duration_ms: 24 * 3_600_000, horizon_ms: 24 * 3_600_000 };
-    let lateness = 5 * 60_000;
+    let mut graph = IdentityGraph::new();
+    let mut pseudo = PseudonymCache::new(pseudonymizer());
+    let mut z = Sessionizer::new(PARAMS);
+    let mut emitted: Vec<Emitted> = Vec::new();
+    let mut rows: Vec<EventRow> = Vec::with_capacity(1024);
+    let mut t = Totals::default();
+    let mut max_t = i64::MIN;
+    for (offset, rec) in records.iter().enumerate() {
+        // decode
+        let e = codec.decode_event(rec).expect("generated records decode").value;
+        validate_event(&e, NOW, &limits).expect("generated events are valid");
+        // stitch
+        let (key, msisdn_hash) = stitch(&e, &mut graph, &mut pseudo);
+        // sessionize
+        let mut sev = SessionEvent::from_event(&e);
+        sev.offset = offset as i64;
+        z.admit(&key, sev, &mut emitted);
+        max_t = max_t.max(e.event_time);
+        z.advance(max_t - LATENESS, &mut emitted);
+        // detect: the scenario detector (pipeline/src/detect/) belongs here, as in the
+        // runtime's processor: for an accepted event, its detect event and the detector's
+        // admit, after the sessionizer. Not measured yet.
+        if offset % FLUSH_EVERY == FLUSH_EVERY - 1 {
+            t.dirty += z.take_dirty().len();
+        }
+        // encode
+        rows.push(EventRow::from_event(e, &key, msisdn_hash, 0));
+        if rows.len() == rows.capacity() {
+            t.rows += rows.len();
+            rows.clear();
+        }
+        t.sessions += emitted.len();
+        for s in emitted.drain(..) {
+            t.bytes += codec.encode_session(&s).len();
+        }
+    }
+    t.rows += rows.len();
+    t.customers = graph.customers();
+    (graph, z, t)
+}
+
+fn core(c: &mut Criterion) {
+    let codec = Codec::from_manifest().expect("embedded manifest");
+    let records = encoded_events(&codec);
+    let n = records.len() as u64;
+    let limits = Limits::default();
     let mut group = c.benchmark_group("core");
-    group.throughput(Throughput::Elements(records.len() as u64));
+    group.throughput(Throughput::Elements(n));
     group.sample_size(10);
-    group.bench_function("decode_validate_stitch_sessionize_encode", |b| {
+    group.sampling_mode(SamplingMode::Flat);
+
+    group.bench_function("all", |b| b.iter_with_large_drop(|| all(&codec, &records)));
+
+    group.bench_function("decode", |b| {
+        b.iter_with_large_drop(|| {
+            let mut ids = 0usize;
+            for rec in &records {
+                let e = codec.decode_event(rec).expect("generated records decode").value;
+                validate_event(&e, NOW, &limits).expect("generated events are valid");
+                ids += e.event_id.len();
+            }
+            ids
+        })
+    });
+
+    // Inputs of the later stages, made once by the stages before them.
+    let events: Vec<ChannelEvent> = records.iter().map(|r| codec.decode_event(r).expect("decodes").value).collect();
+    drop(records);
+    group.bench_function("stitch", |b| {
         b.iter_batched(
-            || (Sessionizer::new(params), IdentityGraph::new()),
-            |(mut z, mut graph)| {
-                let mut sessions = Vec::new();
-                let mut rows = Vec::with_capacity(1024);
-                let mut out_bytes = 0usize;
-                let mut max_t = i64::MIN;
-                for (offset, rec) in records.iter().enumerate() {
-                    let e = codec.decode_event(rec).unwrap().value;
-                    validate_event(&e, 1_800_000_000_000, &limits).unwrap();
-                    let ids = identifiers(&e, &pseudo);
-                    let key = graph.observe(&ids).canonical;
-                    let msisdn_hash = ids
-                        .iter()
-                        .find(|i| i.kind == journey_pipeline::stitch::IdKind::Msisdn)
-                        .map(|i| i.value.clone())
-                        .unwrap_or_default();
-                    let mut sev = SessionEvent::from_event(&e);
-                    sev.offset = offset as i64;
-                    z.admit(&key, sev, &mut sessions);
-                    max_t = max_t.max(e.event_time);
-                    z.advance(max_t - lateness, &mut sessions);
-                    rows.push(EventRow::new(&e, &key, msisdn_hash, 0));
-                    if rows.len() == 1024 {
+            || (IdentityGraph::new(), PseudonymCache::new(pseudonymizer())),
+            |(mut graph, mut pseudo)| {
+                let mut bytes = 0usize;
+                for e in &events {
+                    let (key, hash) = stitch(e, &mut graph, &mut pseudo);
+                    bytes += key.len() + hash.len();
+                }
+                (graph, bytes)
+            },
+            BatchSize::PerIteration,
+        )
+    });
+
+    let mut graph = IdentityGraph::new();
+    let mut pseudo = PseudonymCache::new(pseudonymizer());
+    let stitched: Vec<(String, String)> = events.iter().map(|e| stitch(e, &mut graph, &mut pseudo)).collect();
+    drop(graph);
+    let session_input: Vec<SessionEvent> = events
+        .iter()
+        .enumerate()
+        .map(|(offset, e)| {
+            let mut sev = SessionEvent::from_event(e);
+            sev.offset = offset as i64;
+            sev
+        })
+        .collect();
+    let run_sessionizer = |input: Vec<SessionEvent>, out: &mut Vec<Emitted>, keep: bool| {
+        let mut z = Sessionizer::new(PARAMS);
+        let mut max_t = i64::MIN;
+        let mut count = 0usize;
+        for (i, (sev, (key, _))) in input.into_iter().zip(&stitched).enumerate() {
+            let time = sev.time;
+            z.admit(key, sev, out);
+            max_t = max_t.max(time);
+            z.advance(max_t - LATENESS, out);
+            count += out.len();
+            if !keep {
+                out.clear();
+            }
+            if i % FLUSH_EVERY == FLUSH_EVERY - 1 {
+                count += z.take_dirty().len();
+            }
+        }
+        (z, count)
+    };
+    group.bench_function("sessionize", |b| {
+        b.iter_batched(
+            || (session_input.clone(), Vec::new()),
+            |(input, mut out)| run_sessionizer(input, &mut out, false),
+            BatchSize::PerIteration,
+        )
+    });
+
+    // encode: the ClickHouse row of every event (it takes the decoded event) and the Avro
+    // record of every emitted session.
+    let mut sessions = Vec::new();
+    drop(run_sessionizer(session_input, &mut sessions, true));
+    group.bench_function("encode", |b| {
+        b.iter_batched(
+            || (events.clone(), Vec::with_capacity(1024)),
+            |(input, mut rows): (Vec<ChannelEvent>, Vec<EventRow>)| {
+                let mut bytes = 0usize;
+                for (e, (key, hash)) in input.into_iter().zip(&stitched) {
+                    rows.push(EventRow::from_event(e, key, hash.clone(), 0));
+                    if rows.len() == rows.capacity() {
                         rows.clear();
                     }
-                    for s in sessions.drain(..) {
-                        out_bytes += codec.encode_session(&s).len();
-                    }
                 }
-                (z.customers(), graph.customers(), out_bytes)
+                for s in &sessions {
+                    bytes += codec.encode_session(s).len();
+                }
+                (rows, bytes)
             },
             BatchSize::PerIteration,
         )
