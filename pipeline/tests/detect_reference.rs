@@ -387,8 +387,13 @@ fn by_customer(events: &[(String, ChannelEvent)]) -> BTreeMap<String, Vec<Channe
 
 // ------------------------------------------------------------------ properties
 
+/// 400 cases per property unless `PROPTEST_CASES` asks for more (or fewer).
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(400)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(400))]
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
 
     #[test]
     fn batch_evaluation_equals_the_reference(specs in arb_specs(), events in arb_events()) {
@@ -445,7 +450,7 @@ fn session_event(e: &ChannelEvent) -> SessionEvent {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(400))]
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
 
     #[test]
     fn streaming_detection_ends_equal_to_the_reference(specs in arb_specs(), events in arb_events(), run in arb_run()) {
@@ -534,4 +539,94 @@ proptest! {
 fn the_reference_enumerates_tuples() {
     assert_eq!(tuples(2, 3), vec![vec![0, 1], vec![0, 2], vec![1, 2]]);
     assert_eq!(tuples(0, 3), vec![Vec::<usize>::new()]);
+}
+
+/// Cost of the detector on generated journeys with the built-in rules, in the event order the
+/// generator produces (some disorder), keyed by each event's best identifier (no stitching).
+/// Run with `cargo test --profile bench -p journey-pipeline --test detect_reference -- --ignored --nocapture`.
+#[test]
+#[ignore = "timing, not a check"]
+fn detector_throughput_on_generated_journeys() {
+    use journey_connectors::generator::{Generated, Generator, GeneratorConfig};
+    use journey_pipeline::detect::NoSessions;
+    use std::time::Instant;
+    let rules = Arc::new(RuleSet::from_toml(include_str!("../../config/scenarios.toml")).expect("built-in rules"));
+    let n_events: u64 = std::env::var("DETECT_BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
+    let rounds: usize = std::env::var("DETECT_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let customers: u64 = std::env::var("DETECT_BENCH_CUSTOMERS").ok().and_then(|v| v.parse().ok()).unwrap_or(n_events / 4);
+    let cfg = GeneratorConfig { customers, events: Some(n_events), seed: 3, days: 7, ..GeneratorConfig::default() };
+    let events: Vec<(String, ChannelEvent)> = Generator::new(cfg, 1_800_000_000_000)
+        .filter_map(|g| match g {
+            Generated::Event(e) => Some((e.best_key()?, e)),
+            _ => None,
+        })
+        .collect();
+    let n = events.len() as f64;
+    let lateness = 5 * 60_000;
+    // DETECT_BENCH_ONLY=fast|none runs just the raw-event path or nothing (for instruction counts).
+    let only = std::env::var("DETECT_BENCH_ONLY").unwrap_or_default();
+    if only == "fast" || only == "none" {
+        let mut detector = Detector::new(rules.clone(), 24 * 3_600_000);
+        let mut out = Vec::new();
+        let mut max_seen = i64::MIN;
+        for (key, e) in events.iter().filter(|_| only == "fast") {
+            max_seen = max_seen.max(e.event_time);
+            detector.admit_event(key, e, &NoSessions, &mut out);
+            detector.advance(max_seen - lateness, &NoSessions, &mut out);
+        }
+        detector.flush_all(&NoSessions, &mut out);
+        println!("{only}: {} emissions", out.len());
+        return;
+    }
+    for round in 0..rounds {
+        // The two-step API: extract every event, then admit it.
+        let started = Instant::now();
+        let mut detector = Detector::new(rules.clone(), 24 * 3_600_000);
+        let mut out = Vec::new();
+        let mut max_seen = i64::MIN;
+        for (key, e) in &events {
+            max_seen = max_seen.max(e.event_time);
+            detector.admit(key, DetectEvent::from_event(e, &rules), &NoSessions, &mut out);
+            detector.advance(max_seen - lateness, &NoSessions, &mut out);
+        }
+        let two_step = started.elapsed();
+        // The raw-event fast path.
+        let started = Instant::now();
+        let mut detector = Detector::new(rules.clone(), 24 * 3_600_000);
+        let mut out = Vec::new();
+        let mut max_seen = i64::MIN;
+        for (key, e) in &events {
+            max_seen = max_seen.max(e.event_time);
+            detector.admit_event(key, e, &NoSessions, &mut out);
+            detector.advance(max_seen - lateness, &NoSessions, &mut out);
+        }
+        let fold = started.elapsed();
+        // The sessionizer on the same events, for scale (it is part of the processor core).
+        let started = Instant::now();
+        let mut z = Sessionizer::new(SessionParams { gap_ms: 30 * 60_000, max_duration_ms: 24 * 3_600_000, horizon_ms: 24 * 3_600_000 });
+        let mut sessions_out = Vec::new();
+        let mut max_seen = i64::MIN;
+        for (key, e) in &events {
+            max_seen = max_seen.max(e.event_time);
+            z.admit(key, SessionEvent::from_event(e), &mut sessions_out);
+            z.advance(max_seen - lateness, &mut sessions_out);
+        }
+        let sessionize = started.elapsed();
+        let retained = detector.retained_events();
+        let customers = detector.customers();
+        detector.flush_all(&NoSessions, &mut out);
+        let per_rule: BTreeMap<&str, usize> = out.iter().fold(BTreeMap::new(), |mut m, h| {
+            *m.entry(h.hit.rule.as_str()).or_default() += 1;
+            m
+        });
+        println!(
+            "round {round}: {} events: from_event+admit+advance {:.0} ns/event, admit_event+advance {:.0} (sessionizer {:.0}); \
+             {} emissions {per_rule:?}; before flush {retained} events of {customers} customers retained",
+            events.len(),
+            two_step.as_nanos() as f64 / n,
+            fold.as_nanos() as f64 / n,
+            sessionize.as_nanos() as f64 / n,
+            out.len(),
+        );
+    }
 }

@@ -5,8 +5,10 @@
 //! the rules whose predicates it matches): after that no hit that can still change (detection
 //! time >= `watermark - horizon`) can include it, whether as a step, a counted event, an
 //! absence trigger or a follower. Emitted hits are kept until final (detection time older than
-//! `watermark - horizon`), absence triggers until their window closes. Events older than
-//! `watermark - horizon` are refused by the runtime before they reach the detector.
+//! `watermark - horizon`), absence triggers until their window closes. Pruning runs on a
+//! timer rounded up to `min(horizon / 8, 1h)`, so state outlives that bound by at most as
+//! much. Events older than `watermark - horizon` are refused by the runtime before they reach
+//! the detector.
 //!
 //! In-order events (after every retained event of the customer, and not behind the watermark)
 //! take the fast path: only the rules they complete are searched, backwards within their
@@ -14,11 +16,13 @@
 //! and emits the difference: new hits, changed ones with a higher version, vanished ones with
 //! `retracted = true` (kept as tombstones so a re-appearance gets a still higher version).
 
-use super::eval::{absence_open, build_hit, completes, detection_time, hit_at, DetectEvent, Found, Matched, View};
+use super::eval::{absence_open, build_hit, completes, detection_time, hit_at, Bits, DetectEvent, Found, Matched, View, WordHash};
 use super::rules::{RuleSet, Shape};
 use super::DetectedHit;
-use crate::sessionize::{fnv1a, Sessionizer};
+use crate::sessionize::Sessionizer;
+use journey_schemas::ChannelEvent;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 
 /// Where the detector learns the session of an event. The runtime admits each event to the
@@ -86,8 +90,6 @@ pub struct DetectSnapshot {
 #[derive(Debug, Clone)]
 struct Kept {
     m: Matched,
-    /// Hash of the id, to look for duplicates without comparing strings.
-    tag: u64,
     /// Dropped once the watermark is past this: time + horizon + longest window it matters to.
     expires: i64,
 }
@@ -110,7 +112,8 @@ struct Pending {
 
 #[derive(Debug, Default)]
 struct CustomerState {
-    key: String,
+    /// Shared with the index.
+    key: Arc<str>,
     /// Kept events, sorted by (time, id).
     events: Vec<Kept>,
     /// Absence triggers whose window is still open.
@@ -128,12 +131,18 @@ struct CustomerState {
 pub struct Detector {
     rules: Arc<RuleSet>,
     horizon_ms: i64,
-    index: HashMap<String, usize>,
+    /// Pruning deadlines are rounded up to a multiple of this, so that a customer's expiries
+    /// coalesce into few timer firings (state is kept at most this much longer).
+    prune_grid_ms: i64,
+    index: HashMap<Arc<str>, usize, BuildHasherDefault<WordHash>>,
     customers: Vec<CustomerState>,
     free: Vec<usize>,
     /// (deadline, slot): the slot needs attention once the watermark is past the deadline.
     timers: BTreeSet<(i64, usize)>,
     watermark: i64,
+    /// Absence triggers at or before this time have their window closed although the
+    /// watermark has not passed it: the partition went quiet ([`Detector::close_idle`]).
+    idle_closed_upto: i64,
     version_floor: i64,
     dirty_slots: Vec<usize>,
     dirty_removed: Vec<String>,
@@ -145,11 +154,13 @@ impl Detector {
         Detector {
             rules,
             horizon_ms: horizon_ms.max(0),
-            index: HashMap::new(),
+            prune_grid_ms: (horizon_ms / 8).clamp(1, 3_600_000),
+            index: HashMap::default(),
             customers: Vec::new(),
             free: Vec::new(),
             timers: BTreeSet::new(),
             watermark: i64::MIN,
+            idle_closed_upto: i64::MIN,
             version_floor: 1,
             dirty_slots: Vec::new(),
             dirty_removed: Vec::new(),
@@ -176,6 +187,33 @@ impl Detector {
         self.watermark = wm;
     }
 
+    /// Up to which trigger time absence windows are closed by quiet (for checkpoints).
+    pub fn idle_closed_upto(&self) -> i64 {
+        self.idle_closed_upto
+    }
+
+    /// Restores [`Detector::idle_closed_upto`] from a checkpoint (before restoring customers).
+    pub fn restore_idle_closed_upto(&mut self, upto: i64) {
+        self.idle_closed_upto = upto;
+    }
+
+    /// The partition went quiet (no input for the idle timeout, as when a replay of history
+    /// has ended): event time is taken to have passed the window of every absence trigger at
+    /// or before `upto` (the latest event time seen), so their hits are emitted now, as every
+    /// session is closed then. A follower that arrives later still cancels such a hit (a
+    /// retraction), and later triggers wait for the watermark as usual.
+    pub fn close_idle(&mut self, upto: i64, sessions: &dyn SessionLookup, out: &mut Vec<DetectedHit>) {
+        if upto <= self.idle_closed_upto {
+            return;
+        }
+        self.idle_closed_upto = upto;
+        for idx in 0..self.customers.len() {
+            if self.customers[idx].pending.iter().any(|p| p.time <= upto) {
+                self.on_timer(idx, sessions, out);
+            }
+        }
+    }
+
     /// Customers with state.
     pub fn customers(&self) -> usize {
         self.index.len()
@@ -193,7 +231,7 @@ impl Detector {
             let c = &mut self.customers[idx];
             if c.dirty {
                 c.dirty = false;
-                keys.push(c.key.clone());
+                keys.push(c.key.to_string());
             }
         }
         keys.sort();
@@ -213,71 +251,123 @@ impl Detector {
         if let Some(&i) = self.index.get(customer) {
             return i;
         }
-        let state = CustomerState { key: customer.to_string(), ..Default::default() };
+        let key: Arc<str> = Arc::from(customer);
         let i = match self.free.pop() {
             Some(i) => {
-                self.customers[i] = state;
+                // A released slot keeps its (empty) buffers, saving their allocation.
+                self.customers[i].key = key.clone();
                 i
             }
             None => {
-                self.customers.push(state);
+                self.customers.push(CustomerState { key: key.clone(), ..Default::default() });
                 self.customers.len() - 1
             }
         };
-        self.index.insert(customer.to_string(), i);
+        self.index.insert(key, i);
         i
     }
 
     /// Drops a slot's state; its key is reported dirty (so the checkpoint forgets it).
     fn release(&mut self, idx: usize) {
-        let state = std::mem::take(&mut self.customers[idx]);
-        if let Some(t) = state.timer {
-            self.timers.remove(&(t, idx));
+        // Its timer entry, if any, is left to expire: a stale entry only costs a spurious wake-up.
+        let c = &mut self.customers[idx];
+        let key = std::mem::take(&mut c.key);
+        c.events.clear();
+        c.pending.clear();
+        if c.events.capacity() > 16 {
+            c.events = Vec::new();
         }
-        self.index.remove(&state.key);
-        self.dirty_removed.push(state.key);
+        c.emitted.clear();
+        c.timer = None;
+        c.dirty = false;
+        self.index.remove(&key);
+        self.dirty_removed.push(key.to_string());
         self.free.push(idx);
     }
 
-    /// Folds one event of `customer`; returns false when its id is already retained (a
-    /// duplicate). Every event must be passed, even those no rule matches: they are not
-    /// kept, but one arriving before retained events may have re-cut sessions, so the
-    /// session ids of live hits are refreshed. Duplicates of events no rule matches are not
-    /// recognised (they cannot change any hit).
+    /// Folds one event of `customer`; returns false when it is already retained (a duplicate:
+    /// same id, and so, ids being unique, same time). Every event must be passed, even those
+    /// no rule matches: they are not kept, but one arriving before retained events may have
+    /// re-cut sessions, so the session ids of live hits are refreshed. Duplicates of events no rule matches are not
+    /// recognised (they cannot change any hit). Events older than `watermark - horizon` are
+    /// ignored (the runtime sends them to the late topic before they get here).
     pub fn admit(&mut self, customer: &str, ev: DetectEvent, sessions: &dyn SessionLookup, out: &mut Vec<DetectedHit>) -> bool {
-        if self.watermark != i64::MIN && ev.time < self.watermark.saturating_sub(self.horizon_ms) {
-            // The runtime routes these to the late topic before they get here.
-            return true;
-        }
         let bits = self.rules.match_bits(&ev);
         if bits.is_empty() {
-            if let Some(&idx) = self.index.get(customer) {
-                if self.customers[idx].events.last().is_some_and(|l| l.m.ev.key() > ev.key()) {
-                    self.refresh_sessions(idx, sessions, out);
-                }
-            }
+            self.admit_irrelevant(customer, ev.time, &ev.id, sessions, out);
             return true;
         }
-        let tag = fnv1a(ev.id.as_bytes(), b"", 0);
+        self.admit_matched(customer, ev, bits, sessions, out)
+    }
+
+    /// [`Detector::admit`] straight from the raw event: the fast path for the runtime, since
+    /// events no rule can use are recognised without extracting anything from them.
+    pub fn admit_event(&mut self, customer: &str, e: &ChannelEvent, sessions: &dyn SessionLookup, out: &mut Vec<DetectedHit>) -> bool {
+        let bits = self.rules.match_bits(e);
+        if bits.is_empty() {
+            self.admit_irrelevant(customer, e.event_time, &e.event_id, sessions, out);
+            return true;
+        }
+        let ev = DetectEvent::from_event(e, &self.rules);
+        self.admit_matched(customer, ev, bits, sessions, out)
+    }
+
+    fn too_late(&self, time: i64) -> bool {
+        self.watermark != i64::MIN && time < self.watermark.saturating_sub(self.horizon_ms)
+    }
+
+    /// An event no rule matches is not kept; landing before kept events, it may have re-cut
+    /// their sessions.
+    fn admit_irrelevant(&mut self, customer: &str, time: i64, id: &str, sessions: &dyn SessionLookup, out: &mut Vec<DetectedHit>) {
+        if self.too_late(time) {
+            return;
+        }
         if let Some(&idx) = self.index.get(customer) {
-            if self.customers[idx].events.iter().any(|k| k.tag == tag && k.m.ev.id == ev.id) {
-                return false;
+            if self.customers[idx].events.last().is_some_and(|l| l.m.ev.key() > (time, id.as_bytes())) {
+                self.refresh_sessions(idx, sessions, out);
             }
         }
-        let idx = self.slot_for(customer);
-        self.mark_dirty(idx);
-        let expires = ev.time.saturating_add(self.horizon_ms).saturating_add(self.rules.keep_ms(&bits));
-        let late = ev.time < self.watermark;
+    }
+
+    fn admit_matched(
+        &mut self,
+        customer: &str,
+        ev: DetectEvent,
+        bits: Bits,
+        sessions: &dyn SessionLookup,
+        out: &mut Vec<DetectedHit>,
+    ) -> bool {
+        if self.too_late(ev.time) {
+            return true;
+        }
+        let idx = match self.index.get(customer) {
+            Some(&idx) => idx,
+            None => self.slot_for(customer),
+        };
         let c = &mut self.customers[idx];
         let pos = match c.events.last() {
             None => 0,
             Some(last) if last.m.ev.key() < ev.key() => c.events.len(),
             Some(_) => c.events.partition_point(|k| k.m.ev.key() < ev.key()),
         };
-        let in_order = pos == c.events.len() && !late;
-        c.events.insert(pos, Kept { m: Matched { ev, bits }, tag, expires });
+        // Event ids are unique, so a redelivery has the same time too: it sorts onto its copy.
+        if c.events.get(pos).is_some_and(|k| k.m.ev.id == ev.id) {
+            return false;
+        }
+        // After a quiet close, an event may cancel an absence hit fired early (its trigger's
+        // window not yet passed by the watermark): such events take the recomputing path.
+        let after_quiet =
+            self.idle_closed_upto != i64::MIN && ev.time <= self.idle_closed_upto.saturating_add(self.rules.max_absence_window_ms());
+        let in_order = pos == c.events.len() && ev.time >= self.watermark && !after_quiet;
+        let expires = ev.time.saturating_add(self.horizon_ms).saturating_add(self.rules.keep_ms(&bits));
+        c.events.insert(pos, Kept { m: Matched { ev, bits }, expires });
+        self.mark_dirty(idx);
         if in_order {
             self.on_append(idx, sessions, out);
+            // A trigger at or before the quiet point has its window closed already.
+            if self.customers[idx].pending.iter().any(|p| p.time <= self.idle_closed_upto) {
+                self.on_timer(idx, sessions, out);
+            }
         } else {
             self.reconcile(idx, sessions, out);
         }
@@ -287,14 +377,16 @@ impl Detector {
     /// Fast path: the last retained event is new and in order, so only hits it completes can
     /// appear; nothing emitted can change.
     fn on_append(&mut self, idx: usize, sessions: &dyn SessionLookup, out: &mut Vec<DetectedHit>) {
-        let rules = Arc::clone(&self.rules);
         let floor = self.version_floor;
         let horizon = self.horizon_ms;
-        let c = &mut self.customers[idx];
+        let grid = self.prune_grid_ms;
+        let Detector { rules, customers, .. } = self;
+        let c = &mut customers[idx];
         let k = c.events.len() - 1;
-        let mut next = c.events[k].expires;
+        let mut next = grid_up(c.events[k].expires, grid);
         let ev = &c.events[k].m.ev;
-        for (ri, r) in rules.compiled.iter().enumerate() {
+        let rules_to_check = if rules.may_complete(&c.events[k].m.bits) { rules.compiled.len() } else { 0 };
+        for (ri, r) in rules.compiled.iter().enumerate().take(rules_to_check) {
             if !completes(r, &c.events[k].m) {
                 continue;
             }
@@ -303,49 +395,69 @@ impl Detector {
                 let session = sessions.session_of(&c.key, ev.time, &ev.id);
                 c.pending.push(Pending { deadline, rule: ri, time: ev.time, id: ev.id.clone(), session });
                 next = next.min(deadline);
-            } else if let Some(matched) = hit_at(&rules, ri, &c.events, k) {
+            } else if let Some(matched) = hit_at(rules, ri, &c.events, k) {
                 let session = sessions.session_of(&c.key, ev.time, &ev.id);
-                let hit = build_hit(&rules, &c.key, &c.events, &Found { rule: ri, matched }, session);
-                next = next.min(hit.hit.event_time.saturating_add(horizon));
+                let hit = build_hit(rules, &c.key, &c.events, &Found { rule: ri, matched }, session);
+                next = next.min(grid_up(hit.hit.event_time.saturating_add(horizon), grid));
                 put(&mut c.emitted, floor, hit, ev.time, out);
             }
         }
         self.arm(idx, next);
     }
 
-    /// Moves the slot's timer earlier if `deadline` is before it.
+    /// Moves the slot's timer earlier if `deadline` is before it. Timer entries are never
+    /// removed: one that no longer matches its slot's `timer` is skipped when it comes up.
     fn arm(&mut self, idx: usize, deadline: i64) {
         let c = &mut self.customers[idx];
-        match c.timer {
-            Some(t) if t <= deadline => {}
-            old => {
-                if let Some(t) = old {
-                    self.timers.remove(&(t, idx));
-                }
-                c.timer = Some(deadline);
-                self.timers.insert((deadline, idx));
-            }
+        if c.timer.is_none_or(|t| deadline < t) {
+            c.timer = Some(deadline);
+            self.timers.insert((deadline, idx));
         }
     }
 
-    /// Sets the slot's timer to its earliest deadline, or frees the slot if it holds nothing.
-    fn rearm(&mut self, idx: usize) {
+    /// Drops the events and emitted records the watermark made irrelevant (unless restoring,
+    /// which keeps the checkpoint as it was), then sets the slot's timer to its earliest
+    /// deadline, or frees the slot if nothing is left.
+    fn settle(&mut self, idx: usize) {
+        self.settle_at(idx, self.watermark);
+    }
+
+    fn settle_at(&mut self, idx: usize, wm: i64) {
         let horizon = self.horizon_ms;
         let c = &mut self.customers[idx];
-        let next = c
-            .events
-            .iter()
-            .map(|k| k.expires)
-            .chain(c.pending.iter().map(|p| p.deadline))
-            .chain(c.emitted.values().map(|e| e.hit.hit.event_time.saturating_add(horizon)))
-            .min();
-        if let Some(t) = c.timer.take() {
-            self.timers.remove(&(t, idx));
+        let (events, emitted) = (c.events.len(), c.emitted.len());
+        let mut prune_at = i64::MAX;
+        c.events.retain(|k| {
+            let keep = k.expires >= wm;
+            if keep {
+                prune_at = prune_at.min(k.expires);
+            }
+            keep
+        });
+        c.emitted.retain(|_, e| {
+            let final_at = e.hit.hit.event_time.saturating_add(horizon);
+            let keep = final_at >= wm;
+            if keep {
+                prune_at = prune_at.min(final_at);
+            }
+            keep
+        });
+        let changed = events != c.events.len() || emitted != c.emitted.len();
+        let mut next = c.pending.iter().map(|p| p.deadline).min();
+        if prune_at != i64::MAX {
+            let p = grid_up(prune_at, self.prune_grid_ms);
+            next = Some(next.map_or(p, |n| n.min(p)));
+        }
+        if changed {
+            self.mark_dirty(idx);
         }
         match next {
             Some(d) => {
-                self.customers[idx].timer = Some(d);
-                self.timers.insert((d, idx));
+                let c = &mut self.customers[idx];
+                if c.timer != Some(d) {
+                    c.timer = Some(d);
+                    self.timers.insert((d, idx));
+                }
             }
             None => self.release(idx),
         }
@@ -356,6 +468,7 @@ impl Detector {
     fn reconcile(&mut self, idx: usize, sessions: &dyn SessionLookup, out: &mut Vec<DetectedHit>) {
         let rules = Arc::clone(&self.rules);
         let wm = self.watermark;
+        let idle = self.idle_closed_upto;
         let lo = wm.saturating_sub(self.horizon_ms);
         let floor = self.version_floor;
         self.mark_dirty(idx);
@@ -372,7 +485,7 @@ impl Detector {
                 let Some(matched) = hit_at(&rules, ri, evs, k) else { continue };
                 let det = detection_time(&rules, ri, ev);
                 let old_hint = c.pending.iter().find(|p| p.rule == ri && p.id == ev.id).and_then(|p| p.session.clone());
-                if matches!(r.shape, Shape::Absence { .. }) && det >= wm {
+                if matches!(r.shape, Shape::Absence { .. }) && det >= wm && ev.time > idle {
                     let session = sessions.session_of(&c.key, ev.time, &ev.id).or(old_hint);
                     pending.push(Pending { deadline: det, rule: ri, time: ev.time, id: ev.id.clone(), session });
                     continue;
@@ -406,8 +519,7 @@ impl Detector {
         retracted.sort_by(|a, b| emission_order(a).cmp(&emission_order(b)));
         out.extend(retracted);
         c.pending = pending;
-        self.prune(idx);
-        self.rearm(idx);
+        self.settle(idx);
     }
 
     /// Re-reads the session of every live hit and open trigger; re-emits hits whose session changed.
@@ -451,19 +563,6 @@ impl Detector {
         }
     }
 
-    /// Drops events and emitted records the watermark has made irrelevant.
-    fn prune(&mut self, idx: usize) {
-        let wm = self.watermark;
-        let horizon = self.horizon_ms;
-        let c = &mut self.customers[idx];
-        let (events, emitted) = (c.events.len(), c.emitted.len());
-        c.events.retain(|k| k.expires >= wm);
-        c.emitted.retain(|_, e| e.hit.hit.event_time.saturating_add(horizon) >= wm);
-        if events != c.events.len() || emitted != c.emitted.len() {
-            self.mark_dirty(idx);
-        }
-    }
-
     /// Advances the watermark: emits absence hits whose window closed, prunes what expired.
     pub fn advance(&mut self, watermark: i64, sessions: &dyn SessionLookup, out: &mut Vec<DetectedHit>) {
         if watermark <= self.watermark {
@@ -484,12 +583,14 @@ impl Detector {
 
     fn on_timer(&mut self, idx: usize, sessions: &dyn SessionLookup, out: &mut Vec<DetectedHit>) {
         let wm = self.watermark;
-        if self.customers[idx].pending.iter().any(|p| p.deadline < wm) {
+        let idle = self.idle_closed_upto;
+        let due = |p: &Pending| p.deadline < wm || p.time <= idle;
+        if self.customers[idx].pending.iter().any(due) {
             let rules = Arc::clone(&self.rules);
             let floor = self.version_floor;
             self.mark_dirty(idx);
             let c = &mut self.customers[idx];
-            let (mut due, rest): (Vec<Pending>, Vec<Pending>) = std::mem::take(&mut c.pending).into_iter().partition(|p| p.deadline < wm);
+            let (mut due, rest): (Vec<Pending>, Vec<Pending>) = std::mem::take(&mut c.pending).into_iter().partition(due);
             c.pending = rest;
             due.sort_by(|a, b| (a.deadline, a.rule, a.time, &a.id).cmp(&(b.deadline, b.rule, b.time, &b.id)));
             for p in due {
@@ -503,8 +604,7 @@ impl Detector {
                 }
             }
         }
-        self.prune(idx);
-        self.rearm(idx);
+        self.settle(idx);
     }
 
     /// Identity merge: retracts every live hit of `customer` (emitted before) and drops its state.
@@ -526,9 +626,15 @@ impl Detector {
     /// stay as they are (hits of rules that are gone are neither changed nor retracted), and
     /// retained events are re-matched, so a new rule sees only the events the old rules kept.
     pub fn set_rules(&mut self, rules: Arc<RuleSet>) {
+        if rules.fingerprint() == self.rules.fingerprint() {
+            // Same meaning: indices into the rules stay valid.
+            self.rules = rules;
+            return;
+        }
         let old = std::mem::replace(&mut self.rules, rules);
         let horizon = self.horizon_ms;
         let wm = self.watermark;
+        let idle = self.idle_closed_upto;
         let slots: Vec<usize> = self.index.values().copied().collect();
         for idx in slots {
             let rules = Arc::clone(&self.rules);
@@ -548,7 +654,7 @@ impl Detector {
                 let rule = &rules.rules()[ri];
                 for (k, m) in c.events.iter().map(View::mv).enumerate() {
                     let deadline = m.ev.time.saturating_add(r.within_ms);
-                    if deadline < wm || !completes(r, m) || !absence_open(r, followed_by, &c.events, k) {
+                    if deadline < wm || m.ev.time <= idle || !completes(r, m) || !absence_open(r, followed_by, &c.events, k) {
                         continue;
                     }
                     let hint = old_pending.iter().find(|p| {
@@ -565,7 +671,7 @@ impl Detector {
                 }
             }
             self.mark_dirty(idx);
-            self.rearm(idx);
+            self.settle(idx);
         }
     }
 
@@ -573,7 +679,7 @@ impl Detector {
     pub fn snapshot(&self, customer: &str) -> Option<DetectSnapshot> {
         let c = &self.customers[*self.index.get(customer)?];
         Some(DetectSnapshot {
-            key: c.key.clone(),
+            key: c.key.to_string(),
             events: c.events.iter().map(|k| k.m.ev.clone()).collect(),
             pending: c
                 .pending
@@ -597,7 +703,7 @@ impl Detector {
     /// against the current rules. Absence windows the watermark already closed are emitted
     /// by the next [`Detector::advance`].
     pub fn restore(&mut self, snap: DetectSnapshot) {
-        if let Some(&idx) = self.index.get(&snap.key) {
+        if let Some(&idx) = self.index.get(snap.key.as_str()) {
             self.release(idx);
         }
         let rules = Arc::clone(&self.rules);
@@ -613,7 +719,7 @@ impl Detector {
                     return None;
                 }
                 let expires = ev.time.saturating_add(horizon).saturating_add(rules.keep_ms(&bits));
-                Some(Kept { tag: fnv1a(ev.id.as_bytes(), b"", 0), m: Matched { ev, bits }, expires })
+                Some(Kept { m: Matched { ev, bits }, expires })
             })
             .collect();
         events.sort_by(|a, b| a.m.ev.key().cmp(&b.m.ev.key()));
@@ -634,9 +740,9 @@ impl Detector {
             })
             .collect();
         c.emitted = snap.emitted.into_iter().map(|e| (e.hit.hit.hit_id.clone(), e)).collect();
-        self.rearm(idx);
+        self.settle_at(idx, i64::MIN);
         // Restored state is what the checkpoint already holds.
-        if let Some(&idx) = self.index.get(&snap.key) {
+        if let Some(&idx) = self.index.get(snap.key.as_str()) {
             self.customers[idx].dirty = false;
         }
         self.dirty_removed.retain(|k| *k != snap.key);
@@ -646,6 +752,16 @@ impl Detector {
     /// empties the state.
     pub fn flush_all(&mut self, sessions: &dyn SessionLookup, out: &mut Vec<DetectedHit>) {
         self.advance(i64::MAX / 4, sessions, out);
+    }
+}
+
+/// `d` rounded up to a multiple of `grid` (saturating).
+fn grid_up(d: i64, grid: i64) -> i64 {
+    let r = d.rem_euclid(grid);
+    if r == 0 {
+        d
+    } else {
+        d.saturating_add(grid - r)
     }
 }
 

@@ -9,7 +9,7 @@ use super::rules::{Compiled, Predicate, RuleSet, SameField, Shape};
 use super::{hit_id, DetectedHit};
 use journey_schemas::{ChannelEvent, ScenarioHit};
 use std::cell::RefCell;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
@@ -39,23 +39,26 @@ pub struct DetectEvent {
 }
 
 impl DetectEvent {
-    /// Extracts what `rules` need from an event (attributes no rule reads are left out).
+    /// Extracts what `rules` need from an event. Fields no rule reads are left out: `outcome`,
+    /// `line`, `agent_id` and attributes unless a predicate or `same` uses them (`topic` and
+    /// `region` are always kept, hits report them).
     pub fn from_event(e: &ChannelEvent, rules: &RuleSet) -> DetectEvent {
         let attrs: Box<[(Arc<str>, Arc<str>)]> = if rules.attr_keys.is_empty() || e.attrs.is_empty() {
             Box::default()
         } else {
             rules.attr_keys.iter().filter_map(|k| e.attrs.get(&**k).map(|v| (k.clone(), intern(v)))).collect()
         };
+        let read = |on: bool, v: &Option<String>| if on { v.as_deref().map(intern) } else { None };
         DetectEvent {
             time: e.event_time,
             id: Arc::from(e.event_id.as_str()),
             channel: e.channel,
             event_type: intern(&e.event_type),
-            outcome: e.outcome.as_deref().map(intern),
+            outcome: read(rules.reads.outcome, &e.outcome),
             topic: e.topic.as_deref().map(intern),
-            line: e.line.as_deref().map(intern),
+            line: read(rules.reads.line, &e.line),
             region: e.region.as_deref().map(intern),
-            agent_id: e.agent_id.as_deref().map(intern),
+            agent_id: read(rules.reads.agent_id, &e.agent_id),
             attrs,
         }
     }
@@ -84,19 +87,30 @@ impl DetectEvent {
     }
 }
 
-/// FNV-1a as a `Hasher`, for the interner's short strings.
+/// A word-at-a-time multiplicative hash (the rustc "Fx" scheme) for short keys: interned
+/// values, customer keys. Much cheaper than SipHash on the hot path; hash flooding is not a
+/// concern for keys that are pseudonymised ids and rule vocabulary.
 #[derive(Default)]
-struct Fnv(u64);
+pub(crate) struct WordHash(u64);
 
-impl Hasher for Fnv {
+impl Hasher for WordHash {
     fn finish(&self) -> u64 {
         self.0
     }
     fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
-        for &b in bytes {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        const K: u64 = 0x517c_c1b7_2722_0a95;
+        let mut h = self.0;
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            h = (h.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K);
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            h = (h.rotate_left(5) ^ u64::from_le_bytes(w) ^ ((rest.len() as u64) << 59)).wrapping_mul(K);
         }
         self.0 = h;
     }
@@ -110,7 +124,7 @@ const INTERN_MAX_ENTRIES: usize = 1 << 16;
 thread_local! {
     /// Low-cardinality values (event types, topics, outcomes, agents...) shared between events:
     /// saves an allocation per field on the hot path and memory in retained state.
-    static INTERNER: RefCell<HashSet<Arc<str>, BuildHasherDefault<Fnv>>> = RefCell::new(HashSet::default());
+    static INTERNER: RefCell<HashSet<Arc<str>, BuildHasherDefault<WordHash>>> = RefCell::new(HashSet::default());
 }
 
 /// An `Arc<str>` equal to `s`, shared with earlier calls on this thread when possible.
@@ -156,42 +170,214 @@ impl Bits {
     }
 }
 
+/// The fields predicates read, so a raw [`ChannelEvent`] can be matched before (or instead of)
+/// extracting a [`DetectEvent`] from it.
+pub trait EventFields {
+    /// Channel.
+    fn channel(&self) -> journey_schemas::Channel;
+    /// Event type.
+    fn event_type(&self) -> &str;
+    /// Outcome.
+    fn outcome(&self) -> Option<&str>;
+    /// Topic.
+    fn topic(&self) -> Option<&str>;
+    /// Line.
+    fn line(&self) -> Option<&str>;
+    /// Region.
+    fn region(&self) -> Option<&str>;
+    /// An attribute.
+    fn attr(&self, key: &str) -> Option<&str>;
+}
+
+impl EventFields for DetectEvent {
+    fn channel(&self) -> journey_schemas::Channel {
+        self.channel
+    }
+    fn event_type(&self) -> &str {
+        &self.event_type
+    }
+    fn outcome(&self) -> Option<&str> {
+        self.outcome.as_deref()
+    }
+    fn topic(&self) -> Option<&str> {
+        self.topic.as_deref()
+    }
+    fn line(&self) -> Option<&str> {
+        self.line.as_deref()
+    }
+    fn region(&self) -> Option<&str> {
+        self.region.as_deref()
+    }
+    fn attr(&self, key: &str) -> Option<&str> {
+        DetectEvent::attr(self, key)
+    }
+}
+
+impl EventFields for ChannelEvent {
+    fn channel(&self) -> journey_schemas::Channel {
+        self.channel
+    }
+    fn event_type(&self) -> &str {
+        &self.event_type
+    }
+    fn outcome(&self) -> Option<&str> {
+        self.outcome.as_deref()
+    }
+    fn topic(&self) -> Option<&str> {
+        self.topic.as_deref()
+    }
+    fn line(&self) -> Option<&str> {
+        self.line.as_deref()
+    }
+    fn region(&self) -> Option<&str> {
+        self.region.as_deref()
+    }
+    fn attr(&self, key: &str) -> Option<&str> {
+        self.attrs.get(key).map(String::as_str)
+    }
+}
+
 fn one_of(allowed: &Option<Vec<Arc<str>>>, v: Option<&str>) -> bool {
     match allowed {
         None => true,
-        Some(list) => v.is_some_and(|v| list.iter().any(|a| **a == *v)),
+        Some(list) => v.is_some_and(|v| list.iter().any(|a| a.len() == v.len() && **a == *v)),
     }
 }
 
 impl Predicate {
     /// Whether the event satisfies every field of the predicate.
-    pub fn matches(&self, e: &DetectEvent) -> bool {
-        self.channel.as_ref().is_none_or(|cs| cs.contains(&e.channel))
-            && one_of(&self.event_type, Some(&e.event_type))
-            && one_of(&self.outcome, e.outcome.as_deref())
-            && one_of(&self.topic, e.topic.as_deref())
-            && one_of(&self.line, e.line.as_deref())
-            && one_of(&self.region, e.region.as_deref())
+    pub fn matches<E: EventFields + ?Sized>(&self, e: &E) -> bool {
+        self.channel.as_ref().is_none_or(|cs| cs.contains(&e.channel())) && self.matches_besides_channel(e)
+    }
+
+    fn matches_besides_channel<E: EventFields + ?Sized>(&self, e: &E) -> bool {
+        one_of(&self.event_type, Some(e.event_type()))
+            && one_of(&self.outcome, e.outcome())
+            && one_of(&self.topic, e.topic())
+            && one_of(&self.line, e.line())
+            && one_of(&self.region, e.region())
             && self.attrs.iter().all(|(k, vs)| e.attr(k).is_some_and(|v| vs.iter().any(|a| **a == *v)))
+    }
+}
+
+/// For one string field: which predicates accept each value, and which do not look at it.
+#[derive(Debug, Clone, Default)]
+struct FieldIndex {
+    /// Predicates that do not constrain the field.
+    free: u64,
+    /// Value -> predicates that accept it (empty when no predicate constrains the field).
+    values: HashMap<Arc<str>, u64, BuildHasherDefault<WordHash>>,
+}
+
+impl FieldIndex {
+    fn new(predicates: &[Predicate], field: impl Fn(&Predicate) -> Option<&Vec<Arc<str>>>) -> FieldIndex {
+        let mut ix = FieldIndex::default();
+        for (i, p) in predicates.iter().enumerate() {
+            match field(p) {
+                None => ix.free |= 1 << i,
+                Some(values) => {
+                    for v in values {
+                        *ix.values.entry(v.clone()).or_default() |= 1 << i;
+                    }
+                }
+            }
+        }
+        ix
+    }
+
+    fn mask(&self, v: Option<&str>) -> u64 {
+        if self.values.is_empty() {
+            return self.free;
+        }
+        self.free | v.and_then(|v| self.values.get(v)).copied().unwrap_or(0)
+    }
+}
+
+/// All predicates (up to 64) matched at once: one bit mask per channel and one hash lookup per
+/// field some predicate constrains, instead of comparing strings predicate by predicate.
+#[derive(Debug, Clone)]
+pub(crate) struct Matcher {
+    channels: [u64; 12],
+    event_type: FieldIndex,
+    outcome: FieldIndex,
+    topic: FieldIndex,
+    line: FieldIndex,
+    region: FieldIndex,
+    attrs: Vec<(Arc<str>, FieldIndex)>,
+}
+
+impl Matcher {
+    /// `None` beyond 64 predicates (they are then matched one by one).
+    pub(crate) fn new(predicates: &[Predicate], attr_keys: &[Arc<str>]) -> Option<Matcher> {
+        if predicates.len() > 64 {
+            return None;
+        }
+        let mut channels = [0u64; 12];
+        for (i, p) in predicates.iter().enumerate() {
+            for c in journey_schemas::Channel::ALL {
+                if p.channel.as_ref().is_none_or(|cs| cs.contains(&c)) {
+                    channels[c.index()] |= 1 << i;
+                }
+            }
+        }
+        let attrs = attr_keys
+            .iter()
+            .map(|k| {
+                let ix = FieldIndex::new(predicates, |p| p.attrs.iter().find(|(pk, _)| pk == k).map(|(_, vs)| vs));
+                (k.clone(), ix)
+            })
+            .filter(|(_, ix)| !ix.values.is_empty())
+            .collect();
+        Some(Matcher {
+            channels,
+            event_type: FieldIndex::new(predicates, |p| p.event_type.as_ref()),
+            outcome: FieldIndex::new(predicates, |p| p.outcome.as_ref()),
+            topic: FieldIndex::new(predicates, |p| p.topic.as_ref()),
+            line: FieldIndex::new(predicates, |p| p.line.as_ref()),
+            region: FieldIndex::new(predicates, |p| p.region.as_ref()),
+            attrs,
+        })
+    }
+
+    fn bits<E: EventFields + ?Sized>(&self, e: &E) -> u64 {
+        let mut m = self.channels[e.channel().index()];
+        if m == 0 {
+            return 0;
+        }
+        m &= self.event_type.mask(Some(e.event_type()));
+        if m == 0 {
+            return 0;
+        }
+        m &= self.outcome.mask(e.outcome()) & self.topic.mask(e.topic()) & self.line.mask(e.line()) & self.region.mask(e.region());
+        for (k, ix) in &self.attrs {
+            m &= ix.mask(e.attr(k));
+        }
+        m
     }
 }
 
 impl RuleSet {
     /// The predicates an event matches; empty when no rule can use it.
-    pub(crate) fn match_bits(&self, e: &DetectEvent) -> Bits {
+    pub(crate) fn match_bits<E: EventFields + ?Sized>(&self, e: &E) -> Bits {
+        if let Some(m) = &self.matcher {
+            return Bits::Small(m.bits(e));
+        }
         let n = self.predicates.len();
+        // Channels are checked as a bit mask first: most predicates name one and most events fail it.
+        let channel = 1u16 << e.channel().index();
+        let hit = |i: usize| self.predicate_channels[i] & channel != 0 && self.predicates[i].matches_besides_channel(e);
         if n <= 64 {
             let mut w = 0u64;
-            for (i, p) in self.predicates.iter().enumerate() {
-                if p.matches(e) {
+            for i in 0..n {
+                if hit(i) {
                     w |= 1 << i;
                 }
             }
             Bits::Small(w)
         } else {
             let mut ws = vec![0u64; n.div_ceil(64)].into_boxed_slice();
-            for (i, p) in self.predicates.iter().enumerate() {
-                if p.matches(e) {
+            for i in 0..n {
+                if hit(i) {
                     ws[i / 64] |= 1 << (i % 64);
                 }
             }
@@ -199,10 +385,34 @@ impl RuleSet {
         }
     }
 
+    /// Whether any rule can use this event.
+    pub fn is_relevant<E: EventFields + ?Sized>(&self, e: &E) -> bool {
+        !self.match_bits(e).is_empty()
+    }
+
     /// How long a matching event can matter after its own time: the largest window among
     /// the predicates it matches.
     pub(crate) fn keep_ms(&self, bits: &Bits) -> i64 {
-        (0..self.predicates.len()).filter(|&i| bits.has(i)).map(|i| self.predicate_window[i]).max().unwrap_or(0)
+        match bits {
+            Bits::Small(w) => {
+                let (mut w, mut keep) = (*w, 0);
+                while w != 0 {
+                    keep = keep.max(self.predicate_window[w.trailing_zeros() as usize]);
+                    w &= w - 1;
+                }
+                keep
+            }
+            Bits::Large(_) => (0..self.predicates.len()).filter(|&i| bits.has(i)).map(|i| self.predicate_window[i]).max().unwrap_or(0),
+        }
+    }
+
+    /// Whether an event matching `bits` can complete some rule (be a sequence's last step, an
+    /// absence trigger or a counted event); most events cannot, and are only stored.
+    pub(crate) fn may_complete(&self, bits: &Bits) -> bool {
+        match bits {
+            Bits::Small(w) => w & self.completing_mask != 0,
+            Bits::Large(_) => true,
+        }
     }
 }
 
@@ -240,12 +450,7 @@ fn same_eq(same: &[SameField], a: &DetectEvent, b: &DetectEvent) -> bool {
 /// Whether event `k` is a candidate end of the rule: it matches the completing predicate
 /// (last step, trigger, counted) and has every `same` field.
 pub(crate) fn completes(r: &Compiled, m: &Matched) -> bool {
-    let p = match &r.shape {
-        Shape::Sequence { steps } => steps[steps.len() - 1],
-        Shape::Absence { trigger, .. } => *trigger,
-        Shape::Count { predicate, .. } => *predicate,
-    };
-    m.bits.has(p) && same_present(&r.same, &m.ev)
+    m.bits.has(r.completing) && same_present(&r.same, &m.ev)
 }
 
 /// Sequence ending at `k` (which must satisfy [`completes`]): the greedy chain of the latest
@@ -253,17 +458,22 @@ pub(crate) fn completes(r: &Compiled, m: &Matched) -> bool {
 pub(crate) fn sequence_at<E: View>(r: &Compiled, steps: &[usize], evs: &[E], k: usize) -> Option<Vec<usize>> {
     let last = &evs[k].mv().ev;
     let earliest = last.time.saturating_sub(r.within_ms);
-    let mut chain = vec![0; steps.len()];
-    chain[steps.len() - 1] = k;
-    let mut pos = k;
-    for j in (0..steps.len() - 1).rev() {
-        let found = evs[..pos]
+    let step_before = |j: usize, pos: usize| {
+        evs[..pos]
             .iter()
             .map(View::mv)
             .rposition(|m| m.ev.time < earliest || (m.bits.has(steps[j]) && same_eq(&r.same, &m.ev, last)))
-            .filter(|&i| evs[i].mv().ev.time >= earliest)?;
-        chain[j] = found;
-        pos = found;
+            .filter(|&i| evs[i].mv().ev.time >= earliest)
+    };
+    // Most candidates fail: find the chain's start first without allocating, then fill it in.
+    let mut pos = k;
+    for j in (0..steps.len() - 1).rev() {
+        pos = step_before(j, pos)?;
+    }
+    let mut chain = vec![k; steps.len()];
+    for j in (0..steps.len() - 1).rev() {
+        // Cannot fail: the same search succeeded above.
+        chain[j] = step_before(j, chain[j + 1]).unwrap_or(pos);
     }
     Some(chain)
 }
@@ -272,20 +482,12 @@ pub(crate) fn sequence_at<E: View>(r: &Compiled, steps: &[usize], evs: &[E], k: 
 pub(crate) fn count_at<E: View>(r: &Compiled, predicate: usize, at_least: usize, evs: &[E], k: usize) -> Option<Vec<usize>> {
     let last = &evs[k].mv().ev;
     let earliest = last.time.saturating_sub(r.within_ms);
-    let mut counted: Vec<usize> = evs[..=k]
-        .iter()
-        .map(View::mv)
-        .enumerate()
-        .rev()
-        .take_while(|(_, m)| m.ev.time >= earliest)
-        .filter(|(_, m)| m.bits.has(predicate) && same_eq(&r.same, &m.ev, last))
-        .map(|(i, _)| i)
-        .collect();
-    if counted.len() < at_least {
+    let start = k + 1 - evs[..=k].iter().rev().take_while(|e| e.mv().ev.time >= earliest).count();
+    let counts = |m: &Matched| m.bits.has(predicate) && same_eq(&r.same, &m.ev, last);
+    if evs[start..=k].iter().filter(|e| counts(e.mv())).count() < at_least {
         return None;
     }
-    counted.reverse();
-    Some(counted)
+    Some((start..=k).filter(|&i| counts(evs[i].mv())).collect())
 }
 
 /// Whether trigger `t` (which must satisfy [`completes`]) has no follower among `evs`.

@@ -168,6 +168,8 @@ pub(crate) enum Shape {
 #[derive(Debug, Clone)]
 pub(crate) struct Compiled {
     pub within_ms: i64,
+    /// The predicate of the completing event (last step, trigger, counted event).
+    pub completing: usize,
     pub same: Vec<SameField>,
     pub shape: Shape,
 }
@@ -181,10 +183,26 @@ pub struct RuleSet {
     pub(crate) predicates: Vec<Predicate>,
     /// Per predicate: the largest window of the rules using it (how long a matching event matters).
     pub(crate) predicate_window: Vec<i64>,
+    /// Per predicate: the channels it accepts, one bit per `Channel::index`.
+    pub(crate) predicate_channels: Vec<u16>,
     /// Attribute keys any rule reads (predicates and `same`), sorted.
     pub(crate) attr_keys: Vec<Arc<str>>,
+    /// All predicates matched at once (up to 64 of them).
+    pub(crate) matcher: Option<super::eval::Matcher>,
+    /// Which optional fields some rule reads.
+    pub(crate) reads: Reads,
+    /// Predicates that complete some rule, as a bit mask (with up to 64 predicates).
+    pub(crate) completing_mask: u64,
     max_window_ms: i64,
     fingerprint: u64,
+}
+
+/// Optional event fields the rules read (the others are not kept per event).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Reads {
+    pub outcome: bool,
+    pub line: bool,
+    pub agent_id: bool,
 }
 
 /// Every problem found in a rule file, one per line.
@@ -273,7 +291,12 @@ impl RuleSet {
                     Shape::Count { predicate: intern(predicate, w), at_least: usize::try_from(*at_least).unwrap_or(usize::MAX) }
                 }
             };
-            compiled.push(Compiled { within_ms: w, same: r.same.clone(), shape });
+            let completing = match &shape {
+                Shape::Sequence { steps } => steps[steps.len() - 1],
+                Shape::Absence { trigger, .. } => *trigger,
+                Shape::Count { predicate, .. } => *predicate,
+            };
+            compiled.push(Compiled { within_ms: w, completing, same: r.same.clone(), shape });
         }
         let mut attr_keys: Vec<Arc<str>> = predicates.iter().flat_map(|p| p.attrs.iter().map(|(k, _)| k.clone())).collect();
         for r in &rules {
@@ -285,17 +308,49 @@ impl RuleSet {
         }
         attr_keys.sort();
         attr_keys.dedup();
+        let predicate_channels = predicates
+            .iter()
+            .map(|p| match &p.channel {
+                None => u16::MAX,
+                Some(cs) => cs.iter().fold(0u16, |m, c| m | 1 << c.index()),
+            })
+            .collect();
         let max_window_ms = rules.iter().map(Rule::within_ms).max().unwrap_or(0);
         // Debug output of the parsed rules is a canonical rendering: comments, layout and key
         // order of the file do not change it, any change of meaning does.
         let canonical = format!("{rules:?}");
         let fingerprint = fnv1a(canonical.as_bytes(), b"", 0);
-        RuleSet { rules, compiled, predicates, predicate_window, attr_keys, max_window_ms, fingerprint }
+        let matcher = super::eval::Matcher::new(&predicates, &attr_keys);
+        let same_reads = |f: SameField| rules.iter().any(|r| r.same.contains(&f));
+        let reads = Reads {
+            outcome: predicates.iter().any(|p| p.outcome.is_some()) || same_reads(SameField::Outcome),
+            line: predicates.iter().any(|p| p.line.is_some()) || same_reads(SameField::Line),
+            agent_id: same_reads(SameField::AgentId),
+        };
+        let completing_mask = compiled.iter().filter(|c| c.completing < 64).fold(0u64, |m, c| m | 1 << c.completing);
+        RuleSet {
+            completing_mask,
+            rules,
+            compiled,
+            predicates,
+            predicate_window,
+            predicate_channels,
+            attr_keys,
+            matcher,
+            reads,
+            max_window_ms,
+            fingerprint,
+        }
     }
 
     /// The rules, in file order.
     pub fn rules(&self) -> &[Rule] {
         &self.rules
+    }
+
+    /// The largest window of any absence rule, in milliseconds (0 without one).
+    pub fn max_absence_window_ms(&self) -> i64 {
+        self.compiled.iter().filter(|c| matches!(c.shape, Shape::Absence { .. })).map(|c| c.within_ms).max().unwrap_or(0)
     }
 
     /// The largest window of any rule, in milliseconds (0 without rules).

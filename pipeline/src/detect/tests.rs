@@ -342,6 +342,20 @@ fn sequence_takes_the_latest_earlier_events_and_one_hit_per_last_event() {
 }
 
 #[test]
+fn hit_ids_hash_rule_version_customer_and_trigger() {
+    use crate::sessionize::fnv1a;
+    for (rule, version, customer, trigger) in
+        [("app_then_call", 1, "c:42", "evt-1"), ("r", 4_000_000_000, "", ""), ("x_y", 10, "m:ü", "é/1")]
+    {
+        let a = format!("{rule}/{version}");
+        let b = format!("{customer}/{trigger}");
+        let want = format!("{:016x}{:016x}", fnv1a(a.as_bytes(), b.as_bytes(), 0), fnv1a(a.as_bytes(), b.as_bytes(), 1));
+        assert_eq!(hit_id(rule, version, customer, trigger), want);
+    }
+    assert_ne!(hit_id("r", 1, "c", "e"), hit_id("r", 2, "c", "e"), "a new rule version starts new hits");
+}
+
+#[test]
 fn sequence_window_is_inclusive_and_steps_strictly_increase() {
     let r = rules(SEQ);
     let at = |t0: i64| {
