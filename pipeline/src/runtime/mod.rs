@@ -17,7 +17,7 @@ pub mod state;
 pub mod stitch;
 
 use crate::config::Config;
-use crate::detect::{DetectEvent, DetectedHit, Detector, RuleSet};
+use crate::detect::{DetectedHit, Detector, RuleSet};
 use crate::pii::Pseudonymizer;
 use crate::sessionize::{Admission, Emitted, SessionEvent, SessionParams, Sessionizer};
 use crate::sink::clickhouse::{batch_token, client, Backoff, ClickHouseSink, EventRow, HitRow, SessionRow};
@@ -106,6 +106,8 @@ struct PartitionState {
     /// Latest watermark of each raw partition, and how many raw partitions there are.
     upstream: HashMap<i32, i64>,
     upstream_count: usize,
+    /// Whether each raw partition's latest watermark said the whole upstream stage was quiet.
+    upstream_quiet: HashMap<i32, bool>,
     /// Forwarding pointers added or dropped since the last checkpoint.
     forwards_dirty: std::collections::HashSet<String>,
 }
@@ -122,6 +124,7 @@ impl PartitionState {
             forwards: HashMap::new(),
             upstream: HashMap::new(),
             upstream_count: 0,
+            upstream_quiet: HashMap::new(),
             forwards_dirty: std::collections::HashSet::new(),
         }
     }
@@ -155,6 +158,8 @@ pub enum Control {
         of: usize,
         /// Watermark, epoch ms.
         time: i64,
+        /// The whole upstream stage was quiet (see [`stitch::WM_QUIET_HEADER`]).
+        quiet: bool,
     },
 }
 
@@ -189,6 +194,7 @@ pub fn control_of(headers: Option<&rdkafka::message::BorrowedHeaders>) -> Option
             raw: text(stitch::WM_PARTITION_HEADER)?.parse().ok()?,
             of: text(stitch::WM_PARTITIONS_HEADER)?.parse().ok()?,
             time: text(stitch::WM_TIME_HEADER)?.parse().ok()?,
+            quiet: text(stitch::WM_QUIET_HEADER).is_some_and(|v| v == "1"),
         }),
         _ => None,
     }
@@ -324,15 +330,22 @@ impl Processor {
                 self.reattribute(producer, partition, key_str, &to);
                 return;
             }
-            Some(Control::Watermark { raw, of, time }) => {
+            Some(Control::Watermark { raw, of, time, quiet }) => {
                 let st = self.partitions.get_mut(&partition).expect("inserted above");
                 let e = st.upstream.entry(raw).or_insert(time);
                 *e = (*e).max(time);
                 st.upstream_count = of;
+                st.upstream_quiet.insert(raw, quiet);
                 if let Some(wm) = st.watermark() {
                     // The detector first: its absence hits look up sessions the sessionizer
                     // may prune once the watermark moves.
                     st.detector.advance(wm, &st.sessionizer, &mut self.emitted_hits);
+                    let all_quiet = st.upstream_quiet.len() >= st.upstream_count && st.upstream_quiet.values().all(|q| *q);
+                    if all_quiet {
+                        // A quiet watermark is the latest event time seen upstream + gap + 1.
+                        let latest = wm.saturating_sub(self.params.gap_ms).saturating_sub(1);
+                        st.detector.close_idle(latest, &st.sessionizer, &mut self.emitted_hits);
+                    }
                     st.sessionizer.advance(wm, &mut self.emitted);
                 }
                 return;
@@ -368,8 +381,7 @@ impl Processor {
         sev.moves = moves;
         match st.sessionizer.admit(&customer, sev, &mut self.emitted) {
             Admission::Accepted => {
-                let dev = DetectEvent::from_event(&event, &self.rules);
-                st.detector.admit(&customer, dev, &st.sessionizer, &mut self.emitted_hits);
+                st.detector.admit_event(&customer, &event, &st.sessionizer, &mut self.emitted_hits);
                 let hash = event.msisdn.as_deref().map(|m| self.pseudo.hash(m)).unwrap_or_default();
                 self.event_rows.push(EventRow::new(&event, &customer, hash, moves));
                 self.event_parts.push(partition);
@@ -442,6 +454,7 @@ impl Processor {
             st.detector.set_version_floor(version_at(st.next_offset));
             let wm = st.max_event_time.saturating_add(gap).saturating_add(1);
             st.detector.advance(wm, &st.sessionizer, &mut self.emitted_hits);
+            st.detector.close_idle(st.max_event_time, &st.sessionizer, &mut self.emitted_hits);
             st.sessionizer.advance(wm, &mut self.emitted);
             self.tag_emitted(p);
         }
@@ -592,6 +605,7 @@ impl Processor {
                 max_event_time: st.max_event_time,
                 upstream: st.upstream.iter().map(|(a, b)| (*a, *b)).collect(),
                 upstream_count: st.upstream_count,
+                absence_closed_upto: st.detector.idle_closed_upto(),
             };
             let bytes = state::encode_meta(&meta);
             send(&mut acks, producer, FutureRecord::to(&state_topic).partition(p).key(state::META_KEY.as_bytes()).payload(&bytes[..]));
@@ -626,6 +640,7 @@ impl Processor {
         let mut st = PartitionState::new(self.params, self.rules.clone(), 0);
         st.sessionizer.restore_watermark(restored.meta.watermark);
         st.detector.restore_watermark(restored.meta.watermark);
+        st.detector.restore_idle_closed_upto(restored.meta.absence_closed_upto);
         for snap in restored.detections {
             st.detector.restore(snap);
         }
@@ -823,6 +838,8 @@ pub async fn process(
                     if paused {
                         paused = false;
                         pause_all(&consumer, false);
+                        // Paused time is not idle time: records may flow again now.
+                        last_record = Instant::now();
                         metrics::sink_backpressure(false);
                         tracing::info!("clickhouse acknowledged again: consumption resumed");
                     }
@@ -845,7 +862,7 @@ pub async fn process(
             let upstream_done = opts.upstream_done.as_ref().is_none_or(|f| f.load(std::sync::atomic::Ordering::SeqCst));
             let has_partitions = consumer.assignment().map(|a| a.count() > 0).unwrap_or(false);
             let open = proc.has_open_sessions();
-            if upstream_done && has_partitions && last_record.elapsed() >= idle && !open && proc.buffered() == 0 {
+            if upstream_done && !paused && has_partitions && last_record.elapsed() >= idle && !open && proc.buffered() == 0 {
                 tracing::info!("idle and fully flushed: exiting");
                 break;
             }

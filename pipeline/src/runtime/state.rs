@@ -37,6 +37,8 @@ pub struct Meta {
     pub upstream: Vec<(i32, i64)>,
     /// Number of raw partitions.
     pub upstream_count: usize,
+    /// Absence windows of triggers up to this time were closed by quiet (`i64::MIN`: none).
+    pub absence_closed_upto: i64,
 }
 
 /// Encodes a customer snapshot.
@@ -126,6 +128,8 @@ pub fn encode_meta(m: &Meta) -> Vec<u8> {
         w.long(i64::from(*p));
         w.long(*t);
     }
+    // Appended later: older records end before it (read as "none").
+    w.long(m.absence_closed_upto);
     w.buf
 }
 
@@ -140,7 +144,8 @@ pub fn decode_meta(buf: &[u8]) -> Result<Meta, ContractError> {
     for _ in 0..n {
         upstream.push((r.int()?, r.long()?));
     }
-    Ok(Meta { watermark, max_event_time, upstream, upstream_count })
+    let absence_closed_upto = if r.remaining() > 0 { r.long()? } else { i64::MIN };
+    Ok(Meta { watermark, max_event_time, upstream, upstream_count, absence_closed_upto })
 }
 
 /// The state of one partition as read back from the changelog.
@@ -248,7 +253,7 @@ mod tests {
     fn fold_keeps_the_latest_value_and_honours_tombstones() {
         let codec = Codec::from_manifest().unwrap();
         let snap = |k: &str| CustomerSnapshot { key: k.into(), ..Default::default() };
-        let meta = Meta { watermark: 7, max_event_time: 9, upstream: vec![(0, 7), (1, 8)], upstream_count: 2 };
+        let meta = Meta { watermark: 7, max_event_time: 9, upstream: vec![(0, 7), (1, 8)], upstream_count: 2, absence_closed_upto: 5 };
         let records = vec![
             ("c/A".to_string(), Some(encode_customer(&codec, &snap("A")))),
             ("c/B".to_string(), Some(encode_customer(&codec, &snap("B")))),

@@ -55,6 +55,9 @@ pub const WM_PARTITIONS_HEADER: &str = "journey.wm.partitions";
 /// Watermark, epoch ms: no event of that raw partition older than this is still expected
 /// (except late ones).
 pub const WM_TIME_HEADER: &str = "journey.wm.time";
+/// Present (`1`) when the whole stitch stage was quiet for `idle_timeout`: event time is then
+/// taken to have passed every open window (sessions and absence rules) of what was seen.
+pub const WM_QUIET_HEADER: &str = "journey.wm.quiet";
 
 /// Totals of a stitch run.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -224,6 +227,8 @@ pub async fn stitch(
                     if paused {
                         paused = false;
                         pause_all(&consumer, false);
+                        // Paused time is not idle time: records may flow again now.
+                        last_record = Instant::now();
                         tracing::info!("clickhouse acknowledged again: stitch consumption resumed");
                     }
                 }
@@ -244,7 +249,7 @@ pub async fn stitch(
             if owned == 0 {
                 // Not assigned yet (a rebalance may wait for a dead member's session to expire).
                 last_record = Instant::now();
-            } else if last_record.elapsed() >= idle && pending.is_empty() && link_rows.is_empty() {
+            } else if !paused && last_record.elapsed() >= idle && pending.is_empty() && link_rows.is_empty() {
                 break;
             }
         }
@@ -259,20 +264,27 @@ pub async fn stitch(
 
 /// The watermark of each owned raw partition: its max event time minus `lateness`; a
 /// partition quiet for `idle` follows the busiest one; when all are quiet, every watermark
-/// passes the latest event seen by `gap`, which closes every session.
-pub fn watermarks(owned: &[i32], clocks: &HashMap<i32, (i64, Instant)>, lateness: i64, gap: i64, idle: Duration) -> Vec<(i32, i64)> {
+/// passes the latest event seen by `gap`, which closes every session, and is flagged quiet.
+pub fn watermarks(
+    owned: &[i32],
+    clocks: &HashMap<i32, (i64, Instant)>,
+    lateness: i64,
+    gap: i64,
+    idle: Duration,
+) -> Vec<(i32, i64, bool)> {
     let latest = clocks.values().map(|c| c.0).max().unwrap_or(i64::MIN);
     let all_quiet = clocks.values().all(|c| c.1.elapsed() >= idle);
     owned
         .iter()
         .map(|&p| {
+            let quiet = all_quiet && latest != i64::MIN;
             let wm = match clocks.get(&p) {
-                _ if all_quiet && latest != i64::MIN => latest.saturating_add(gap).saturating_add(1),
+                _ if quiet => latest.saturating_add(gap).saturating_add(1),
                 Some(&(t, at)) if at.elapsed() < idle => t.saturating_sub(lateness),
                 // Quiet or never seen: do not hold the others back.
                 _ => latest.saturating_sub(lateness),
             };
-            (p, wm)
+            (p, wm, quiet)
         })
         .collect()
 }
@@ -283,9 +295,9 @@ fn send_watermarks(
     topic: &str,
     keyed: &[i32],
     raw_partitions: usize,
-    marks: &[(i32, i64)],
+    marks: &[(i32, i64, bool)],
 ) {
-    for &(raw, wm) in marks {
+    for &(raw, wm, quiet) in marks {
         if wm == i64::MIN {
             continue;
         }
@@ -295,7 +307,8 @@ fn send_watermarks(
                 .insert(Header { key: CONTROL_HEADER, value: Some(CONTROL_WATERMARK) })
                 .insert(Header { key: WM_PARTITION_HEADER, value: Some(raw_s.as_str()) })
                 .insert(Header { key: WM_PARTITIONS_HEADER, value: Some(n_s.as_str()) })
-                .insert(Header { key: WM_TIME_HEADER, value: Some(wm_s.as_str()) });
+                .insert(Header { key: WM_TIME_HEADER, value: Some(wm_s.as_str()) })
+                .insert(Header { key: WM_QUIET_HEADER, value: quiet.then_some("1") });
             send(pending, producer, FutureRecord::to(topic).partition(kp).payload(&[][..]).key(&[][..]).headers(headers));
         }
     }
