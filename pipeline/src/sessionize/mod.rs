@@ -16,8 +16,7 @@
 
 use crate::operator::Operator;
 use journey_schemas::{Channel, ChannelEvent, Session};
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 /// Session parameters, in milliseconds of event time.
@@ -284,12 +283,7 @@ pub struct Sessionizer {
     index: HashMap<String, usize, foldhash::fast::RandomState>,
     customers: Vec<CustomerState>,
     free: Vec<usize>,
-    /// (deadline, slot), earliest first. Re-arming a timer pushes a new entry and leaves the
-    /// old one behind (a heap cannot remove cheaply, and a B-tree costs more per event); an
-    /// entry counts only while it is still its customer's `timer`. Stale entries go when
-    /// popped, and the heap is rebuilt from the live timers once they outnumber them twice
-    /// over, so it stays within about three entries per customer.
-    timers: BinaryHeap<Reverse<(i64, usize)>>,
+    timers: BTreeSet<(i64, usize)>,
     watermark: i64,
     /// Lowest version a new emission may carry (the runtime derives it from input offsets,
     /// so versions are deterministic and grow across restarts).
@@ -312,7 +306,7 @@ impl Sessionizer {
             index: HashMap::default(),
             customers: Vec::new(),
             free: Vec::new(),
-            timers: BinaryHeap::new(),
+            timers: BTreeSet::new(),
             watermark: i64::MIN,
             version_floor: 1,
             dirty: Vec::new(),
@@ -497,11 +491,11 @@ impl Sessionizer {
             return;
         }
         self.watermark = watermark;
-        while let Some(&Reverse((deadline, idx))) = self.timers.peek() {
+        while let Some(&(deadline, idx)) = self.timers.first() {
             if deadline >= watermark {
                 break;
             }
-            self.timers.pop();
+            self.timers.pop_first();
             if self.customers[idx].timer == Some(deadline) {
                 self.customers[idx].timer = None;
                 self.reconcile(idx, out);
@@ -601,7 +595,9 @@ impl Sessionizer {
             next_prune = Some(next_prune.map_or(prune_at, |d| d.min(prune_at)));
         }
         c.prune_at = next_prune;
-        c.timer = None;
+        if let Some(old) = c.timer.take() {
+            self.timers.remove(&(old, idx));
+        }
         if self.customers[idx].events.is_empty() && self.customers[idx].emitted.is_empty() {
             let key = std::mem::take(&mut self.customers[idx].key);
             self.index.remove(&key);
@@ -611,17 +607,8 @@ impl Sessionizer {
             return;
         }
         if let Some(d) = next_deadline {
-            self.arm(idx, d);
-        }
-    }
-
-    /// Sets a customer's timer.
-    fn arm(&mut self, idx: usize, deadline: i64) {
-        self.customers[idx].timer = Some(deadline);
-        self.timers.push(Reverse((deadline, idx)));
-        if self.timers.len() > 2 * self.index.len() + 1024 {
-            let live = self.customers.iter().enumerate().filter_map(|(i, c)| c.timer.map(|t| Reverse((t, i))));
-            self.timers = live.collect();
+            self.customers[idx].timer = Some(d);
+            self.timers.insert((d, idx));
         }
     }
 
@@ -641,9 +628,13 @@ impl Sessionizer {
         let c = &mut self.customers[idx];
         let close = first_open_close(&c.events, &self.params, self.watermark);
         let deadline = c.prune_at.map_or(close, |t| t.min(close));
-        if c.timer != Some(deadline) {
-            self.arm(idx, deadline);
+        if c.timer == Some(deadline) {
+            return;
         }
+        if let Some(old) = c.timer.replace(deadline) {
+            self.timers.remove(&(old, idx));
+        }
+        self.timers.insert((deadline, idx));
     }
 
     /// Removes a customer's state (its key was merged into another customer): emits a
@@ -653,8 +644,10 @@ impl Sessionizer {
         let Some(idx) = self.index.remove(customer) else { return Vec::new() };
         self.dirty_gone.insert(customer.to_string());
         let floor = self.version_floor;
-        // Its timer entry, if any, is stale from here on (the slot's `timer` is `None`).
         let state = std::mem::take(&mut self.customers[idx]);
+        if let Some(t) = state.timer {
+            self.timers.remove(&(t, idx));
+        }
         self.free.push(idx);
         let mut retractions: Vec<Session> = state.emitted.into_iter().filter(|s| !s.retracted).collect();
         retractions.sort_by(|a, b| a.session_id.cmp(&b.session_id));

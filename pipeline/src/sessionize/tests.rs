@@ -222,7 +222,10 @@ impl Sessionizer {
             Some(t) => t.min(deadline),
             None => deadline,
         };
-        self.arm(idx, deadline);
+        if let Some(old) = c.timer.replace(deadline) {
+            self.timers.remove(&(old, idx));
+        }
+        self.timers.insert((deadline, idx));
     }
 }
 
