@@ -4,12 +4,16 @@
 //!
 //! Run: `cargo bench -p journey-pipeline --bench core` (all groups), or one group, e.g.
 //! `cargo bench -p journey-pipeline --bench core -- core/all`. `EVENTS=N CUSTOMERS=N` change the
-//! data (default 2,000,000 events over 1,000,000 customers and 7 days of event time).
+//! data (default 2,000,000 events over 1,000,000 customers and 7 days of event time);
+//! `CLOCK=cpu` measures the thread's CPU time instead of wall time (see `support/clock.rs`).
 //!
 //! Groups: `core/all` is the whole path, one event after another, as the runtime runs it;
 //! `core/decode`, `core/stitch`, `core/sessionize` and `core/encode` time each stage alone on
 //! inputs prepared (untimed) by the stages before it, so their sum shows where the time goes.
 //! Each iteration starts from empty state (graph, pseudonym cache, sessionizer).
+
+#[path = "support/clock.rs"]
+mod clock;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, SamplingMode, Throughput};
 use journey_connectors::generator::{Generated, Generator, GeneratorConfig};
@@ -114,7 +118,8 @@ fn all(codec: &Codec, records: &[Vec<u8>]) -> (IdentityGraph, Sessionizer, Total
     (graph, z, t)
 }
 
-fn core(c: &mut Criterion) {
+fn core(c: &mut Criterion<clock::Clock>) {
+    println!("measuring {}", clock::Clock::from_env().name());
     let codec = Codec::from_manifest().expect("embedded manifest");
     let records = encoded_events(&codec);
     let n = records.len() as u64;
@@ -222,5 +227,9 @@ fn core(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, core);
+criterion_group! {
+    name = benches;
+    config = Criterion::default().with_measurement(clock::Clock::from_env());
+    targets = core
+}
 criterion_main!(benches);
