@@ -10,14 +10,19 @@
 //! Groups: `core/all` is the whole path, one event after another, as the runtime runs it;
 //! `core/decode`, `core/stitch`, `core/sessionize` and `core/encode` time each stage alone on
 //! inputs prepared (untimed) by the stages before it, so their sum shows where the time goes.
-//! Each iteration starts from empty state (graph, pseudonym cache, sessionizer).
+//! `core/all_with_detect` is `core/all` plus the scenario detector with the built-in rules
+//! (admit after the sessionizer, watermark advance, encode the hits), as the runtime runs it:
+//! its ratio to `core/all` is the engine's overhead.
+//! Each iteration starts from empty state (graph, pseudonym cache, sessionizer, detector).
 
 #[path = "support/clock.rs"]
 mod clock;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, SamplingMode, Throughput};
 use journey_connectors::generator::{Generated, Generator, GeneratorConfig};
+use journey_pipeline::detect::{DetectedHit, Detector, RuleSet};
 use journey_pipeline::pii::{PseudonymCache, Pseudonymizer};
+use std::sync::Arc;
 use journey_pipeline::sessionize::{Emitted, SessionEvent, SessionParams, Sessionizer};
 use journey_pipeline::sink::clickhouse::EventRow;
 use journey_pipeline::stitch::{identifiers, IdentityGraph};
@@ -72,10 +77,13 @@ struct Totals {
     rows: usize,
     bytes: usize,
     dirty: usize,
+    hits: usize,
 }
 
 /// The state is returned so that dropping it is not timed (the runtime never drops it).
-fn all(codec: &Codec, records: &[Vec<u8>]) -> (IdentityGraph, Sessionizer, Totals) {
+fn all(codec: &Codec, records: &[Vec<u8>], rules: Option<&Arc<RuleSet>>) -> (IdentityGraph, Sessionizer, Option<Detector>, Totals) {
+    let mut detector = rules.map(|r| Detector::new(r.clone(), PARAMS.horizon_ms));
+    let mut hits: Vec<DetectedHit> = Vec::new();
     let limits = Limits::default();
     let mut graph = IdentityGraph::new();
     let mut pseudo = PseudonymCache::new(pseudonymizer());
@@ -96,11 +104,20 @@ fn all(codec: &Codec, records: &[Vec<u8>]) -> (IdentityGraph, Sessionizer, Total
         z.admit(&key, sev, &mut emitted);
         max_t = max_t.max(e.event_time);
         z.advance(max_t - LATENESS, &mut emitted);
-        // detect: the scenario detector (pipeline/src/detect/) belongs here, as in the
-        // runtime's processor: for an accepted event, its detect event and the detector's
-        // admit, after the sessionizer. Not measured yet.
+        // detect (with rules): after the sessionizer, as in the runtime's processor
+        if let Some(d) = detector.as_mut() {
+            d.admit_event(&key, &e, &z, &mut hits);
+            d.advance(max_t - LATENESS, &z, &mut hits);
+            t.hits += hits.len();
+            for h in hits.drain(..) {
+                t.bytes += codec.encode_hit(&h.hit).len();
+            }
+        }
         if offset % FLUSH_EVERY == FLUSH_EVERY - 1 {
             t.dirty += z.take_dirty().len();
+            if let Some(d) = detector.as_mut() {
+                t.dirty += d.take_dirty().len();
+            }
         }
         // encode
         rows.push(EventRow::from_event(e, &key, msisdn_hash, 0));
@@ -115,7 +132,7 @@ fn all(codec: &Codec, records: &[Vec<u8>]) -> (IdentityGraph, Sessionizer, Total
     }
     t.rows += rows.len();
     t.customers = graph.customers();
-    (graph, z, t)
+    (graph, z, detector, t)
 }
 
 fn core(c: &mut Criterion<clock::Clock>) {
@@ -129,7 +146,9 @@ fn core(c: &mut Criterion<clock::Clock>) {
     group.sample_size(10);
     group.sampling_mode(SamplingMode::Flat);
 
-    group.bench_function("all", |b| b.iter_with_large_drop(|| all(&codec, &records)));
+    group.bench_function("all", |b| b.iter_with_large_drop(|| all(&codec, &records, None)));
+    let rules = Arc::new(RuleSet::from_toml(journey_pipeline::config::BUILTIN_RULES).expect("built-in rules"));
+    group.bench_function("all_with_detect", |b| b.iter_with_large_drop(|| all(&codec, &records, Some(&rules))));
 
     group.bench_function("decode", |b| {
         b.iter_with_large_drop(|| {
