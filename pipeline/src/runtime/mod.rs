@@ -551,13 +551,7 @@ impl Processor {
             let record = FutureRecord::to(&self.cfg.topics.scenarios).key(h.hit.customer_id.as_bytes()).payload(&payload[..]);
             send(&mut self.pending, producer, record);
         }
-        for f in std::mem::take(&mut self.pending) {
-            match f.await {
-                Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => return Err(Error::Kafka(e)),
-                Err(_) => return Err(Error::Kafka(rdkafka::error::KafkaError::Canceled)),
-            }
-        }
+        await_acks(std::mem::take(&mut self.pending)).await?;
         let horizon = self.params.horizon_ms;
         for st in self.partitions.values_mut() {
             let wm = st.sessionizer.watermark();
@@ -573,32 +567,22 @@ impl Processor {
         let state_topic = self.cfg.topics.state.clone();
         let mut acks = Vec::new();
         for (&p, st) in &mut self.partitions {
-            for key in st.sessionizer.take_dirty() {
-                let k = format!("{}{key}", state::CUSTOMER_PREFIX);
-                let value = st.sessionizer.snapshot(&key).map(|snap| state::encode_customer(&self.codec, &snap));
+            let mut put = |prefix: &str, key: &str, value: Option<Vec<u8>>| {
+                let k = format!("{prefix}{key}");
                 let mut record = FutureRecord::to(&state_topic).partition(p).key(k.as_bytes());
                 if let Some(v) = &value {
                     record = record.payload(&v[..]);
                 }
-                send(&mut acks, producer, record);
+                send(&mut acks, producer, record); // no value: a tombstone
+            };
+            for key in st.sessionizer.take_dirty() {
+                put(state::CUSTOMER_PREFIX, &key, st.sessionizer.snapshot(&key).map(|snap| state::encode_customer(&self.codec, &snap)));
             }
             for key in st.detector.take_dirty() {
-                let k = format!("{}{key}", state::DETECT_PREFIX);
-                let value = st.detector.snapshot(&key).map(|snap| crate::detect::encode_snapshot(&snap));
-                let mut record = FutureRecord::to(&state_topic).partition(p).key(k.as_bytes());
-                if let Some(v) = &value {
-                    record = record.payload(&v[..]);
-                }
-                send(&mut acks, producer, record);
+                put(state::DETECT_PREFIX, &key, st.detector.snapshot(&key).map(|snap| crate::detect::encode_snapshot(&snap)));
             }
             for from in std::mem::take(&mut st.forwards_dirty) {
-                let k = format!("{}{from}", state::FORWARD_PREFIX);
-                let value = st.forwards.get(&from).map(|(to, at)| format!("{to}\n{at}"));
-                let mut record = FutureRecord::to(&state_topic).partition(p).key(k.as_bytes());
-                if let Some(v) = &value {
-                    record = record.payload(v.as_bytes());
-                }
-                send(&mut acks, producer, record);
+                put(state::FORWARD_PREFIX, &from, st.forwards.get(&from).map(|(to, at)| format!("{to}\n{at}").into_bytes()));
             }
             let meta = state::Meta {
                 watermark: st.sessionizer.watermark(),
@@ -610,13 +594,7 @@ impl Processor {
             let bytes = state::encode_meta(&meta);
             send(&mut acks, producer, FutureRecord::to(&state_topic).partition(p).key(state::META_KEY.as_bytes()).payload(&bytes[..]));
         }
-        for f in acks {
-            match f.await {
-                Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => return Err(Error::Kafka(e)),
-                Err(_) => return Err(Error::Kafka(rdkafka::error::KafkaError::Canceled)),
-            }
-        }
+        await_acks(acks).await?;
         let mut tpl = TopicPartitionList::new();
         for (&p, st) in &mut self.partitions {
             if st.next_offset > st.committed {
@@ -687,6 +665,18 @@ impl Processor {
     pub fn summary(&self) -> &ProcessSummary {
         &self.summary
     }
+}
+
+/// Waits until Kafka acknowledged every record of `acks`; the first failure is returned.
+pub(crate) async fn await_acks(acks: Vec<DeliveryFuture>) -> Result<(), Error> {
+    for f in acks {
+        match f.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => return Err(Error::Kafka(e)),
+            Err(_) => return Err(Error::Kafka(rdkafka::error::KafkaError::Canceled)),
+        }
+    }
+    Ok(())
 }
 
 /// Enqueues a record, keeping its acknowledgement to await before the next commit.
@@ -775,10 +765,7 @@ pub async fn process(
     let flush_every = cfg.process.flush_interval;
     let max_rows = cfg.process.max_batch_rows;
     let max_bytes = cfg.process.max_batch_bytes;
-    // Back-pressure: while ClickHouse does not acknowledge, consumption is paused (the
-    // consumer is still polled, so the group keeps this member) and the same batch is retried.
-    let mut paused = false;
-    let mut retry_at: Option<Instant> = None;
+    let mut bp = BackPressure::new("processor", true);
     let raw_topic = cfg.topics.keyed.clone();
     let rules = cfg.detect.load_rules()?;
     tracing::info!(rules = rules.rules().len(), file = %cfg.detect.rules, "scenario rules loaded");
@@ -820,11 +807,12 @@ pub async fn process(
             last_record = Instant::now();
         }
         let revoked: Vec<i32> = revoked.into_iter().flat_map(|(_, ps)| ps).collect();
-        if paused && !assigned.is_empty() {
+        if bp.paused() && !assigned.is_empty() {
             pause_all(&consumer, true);
         }
-        let due = !revoked.is_empty() || proc.buffered() >= max_rows || proc.buffered_bytes() >= max_bytes || last_flush.elapsed() >= flush_every;
-        if due && retry_at.is_none_or(|t| Instant::now() >= t) {
+        let due =
+            !revoked.is_empty() || proc.buffered() >= max_rows || proc.buffered_bytes() >= max_bytes || last_flush.elapsed() >= flush_every;
+        if due && bp.may_flush() {
             match proc.flush(&sink, &producer).await {
                 Ok(tpl) => {
                     if tpl.count() > 0 {
@@ -834,25 +822,14 @@ pub async fn process(
                     }
                     proc.revoke(&revoked);
                     last_flush = Instant::now();
-                    retry_at = None;
-                    if paused {
-                        paused = false;
-                        pause_all(&consumer, false);
+                    if bp.acknowledged(&consumer) {
                         // Paused time is not idle time: records may flow again now.
                         last_record = Instant::now();
-                        metrics::sink_backpressure(false);
-                        tracing::info!("clickhouse acknowledged again: consumption resumed");
                     }
                 }
-                Err(e @ (Error::ClickHouse { .. } | Error::Query(_))) if e.is_retryable() => {
-                    if !paused {
-                        paused = true;
-                        pause_all(&consumer, true);
-                        metrics::sink_backpressure(true);
-                    }
-                    tracing::warn!(error = %e, buffered = proc.buffered(), "clickhouse unavailable: consumption paused, batch kept for retry");
+                Err(e) if BackPressure::applies(&e) => {
+                    bp.failed(&consumer, &e, proc.buffered());
                     proc.revoke(&revoked);
-                    retry_at = Some(Instant::now() + Duration::from_secs(1));
                 }
                 Err(e) => return Err(e),
             }
@@ -862,7 +839,7 @@ pub async fn process(
             let upstream_done = opts.upstream_done.as_ref().is_none_or(|f| f.load(std::sync::atomic::Ordering::SeqCst));
             let has_partitions = consumer.assignment().map(|a| a.count() > 0).unwrap_or(false);
             let open = proc.has_open_sessions();
-            if upstream_done && !paused && has_partitions && last_record.elapsed() >= idle && !open && proc.buffered() == 0 {
+            if upstream_done && !bp.paused() && has_partitions && last_record.elapsed() >= idle && !open && proc.buffered() == 0 {
                 tracing::info!("idle and fully flushed: exiting");
                 break;
             }
@@ -883,6 +860,68 @@ pub async fn process(
         consumer.commit(&tpl, CommitMode::Sync)?;
     }
     Ok(proc.summary().clone())
+}
+
+/// Back-pressure of a consumer loop whose flush writes to ClickHouse: while ClickHouse does
+/// not acknowledge, every assigned partition is paused (the consumer is still polled, so the
+/// group keeps this member), the kept batch is retried every second, and consumption resumes
+/// once a flush lands.
+pub(crate) struct BackPressure {
+    stage: &'static str,
+    /// Whether to report the state as `journey_sink_backpressure` (one stage owns the gauge).
+    report: bool,
+    paused: bool,
+    retry_at: Option<Instant>,
+}
+
+impl BackPressure {
+    pub(crate) fn new(stage: &'static str, report: bool) -> BackPressure {
+        BackPressure { stage, report, paused: false, retry_at: None }
+    }
+
+    /// Whether a flush error is ClickHouse being unavailable (pause and retry) rather than fatal.
+    pub(crate) fn applies(e: &Error) -> bool {
+        matches!(e, Error::ClickHouse { .. } | Error::Query(_)) && e.is_retryable()
+    }
+
+    /// Whether consumption is paused.
+    pub(crate) fn paused(&self) -> bool {
+        self.paused
+    }
+
+    /// Whether a due flush may be tried now (not before the retry time after a failure).
+    pub(crate) fn may_flush(&self) -> bool {
+        self.retry_at.is_none_or(|t| Instant::now() >= t)
+    }
+
+    /// A flush landed; returns whether this resumed a paused consumer.
+    pub(crate) fn acknowledged<C: ConsumerContext>(&mut self, consumer: &StreamConsumer<C>) -> bool {
+        self.retry_at = None;
+        if !self.paused {
+            return false;
+        }
+        self.paused = false;
+        pause_all(consumer, false);
+        if self.report {
+            metrics::sink_backpressure(false);
+        }
+        tracing::info!(stage = self.stage, "clickhouse acknowledged again: consumption resumed");
+        true
+    }
+
+    /// A flush failed because ClickHouse is unavailable: pause (again, which also covers
+    /// partitions assigned since) and retry in a second.
+    pub(crate) fn failed<C: ConsumerContext>(&mut self, consumer: &StreamConsumer<C>, e: &Error, buffered: usize) {
+        if !self.paused {
+            self.paused = true;
+            if self.report {
+                metrics::sink_backpressure(true);
+            }
+        }
+        pause_all(consumer, true);
+        tracing::warn!(stage = self.stage, error = %e, buffered, "clickhouse unavailable: consumption paused, batch kept for retry");
+        self.retry_at = Some(Instant::now() + Duration::from_secs(1));
+    }
 }
 
 /// Pauses (or resumes) every partition currently assigned to `consumer`.

@@ -23,10 +23,10 @@
 //! processor deduplicates by event id (and `identity_links` by identifier). While ClickHouse
 //! does not acknowledge, consumption pauses (back-pressure) as in the processor.
 
-use super::{pause_all, send, ProcessOptions};
-use crate::sink::clickhouse::{batch_token, client, Backoff, ClickHouseSink, IdentityRow};
+use super::{send, BackPressure, ProcessOptions};
 use crate::config::Config;
 use crate::pii::Pseudonymizer;
+use crate::sink::clickhouse::{batch_token, client, Backoff, ClickHouseSink, IdentityRow};
 use crate::stitch::{identifiers, IdentityGraph, Merge};
 use crate::Error;
 use journey_connectors::now_ms;
@@ -151,7 +151,7 @@ pub async fn stitch(
     let backoff = Backoff { give_up_after: Some(cfg.process.sink_retry_for), ..Backoff::default() };
     let sink = ClickHouseSink::new(client(&cfg.clickhouse), backoff, true);
     let mut link_rows: Vec<IdentityRow> = Vec::new();
-    let (mut paused, mut retry_at): (bool, Option<Instant>) = (false, None);
+    let mut bp = BackPressure::new("stitch", false);
     let mut last_flush = Instant::now();
     let mut last_record = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(200));
@@ -216,31 +216,19 @@ pub async fn stitch(
             _ = &mut shutdown => break,
         }
         let due = pending.len() + link_rows.len() >= cfg.process.max_batch_rows || last_flush.elapsed() >= cfg.process.flush_interval;
-        if due && retry_at.is_none_or(|t| Instant::now() >= t) {
+        if due && bp.may_flush() {
             let owned: Vec<i32> = consumer.assignment()?.elements_for_topic(&cfg.topics.raw).iter().map(|e| e.partition()).collect();
             let marks = watermarks(&owned, &clocks, lateness, gap, cfg.process.idle_timeout);
             send_watermarks(&mut pending, &producer, &cfg.topics.keyed, &keyed_partitions, raw_partitions, &marks);
             match flush(&consumer, &cfg.topics.raw, &mut pending, &next_offsets, CommitMode::Async, &sink, &mut link_rows).await {
                 Ok(()) => {
                     last_flush = Instant::now();
-                    retry_at = None;
-                    if paused {
-                        paused = false;
-                        pause_all(&consumer, false);
+                    if bp.acknowledged(&consumer) {
                         // Paused time is not idle time: records may flow again now.
                         last_record = Instant::now();
-                        tracing::info!("clickhouse acknowledged again: stitch consumption resumed");
                     }
                 }
-                Err(e @ Error::ClickHouse { .. }) if e.is_retryable() => {
-                    if !paused {
-                        paused = true;
-                        tracing::warn!(error = %e, "clickhouse unavailable: stitch consumption paused, links kept for retry");
-                    }
-                    // Also re-pauses partitions assigned since.
-                    pause_all(&consumer, true);
-                    retry_at = Some(Instant::now() + Duration::from_secs(1));
-                }
+                Err(e) if BackPressure::applies(&e) => bp.failed(&consumer, &e, link_rows.len()),
                 Err(e) => return Err(e),
             }
         }
@@ -249,7 +237,7 @@ pub async fn stitch(
             if owned == 0 {
                 // Not assigned yet (a rebalance may wait for a dead member's session to expire).
                 last_record = Instant::now();
-            } else if !paused && last_record.elapsed() >= idle && pending.is_empty() && link_rows.is_empty() {
+            } else if !bp.paused() && last_record.elapsed() >= idle && pending.is_empty() && link_rows.is_empty() {
                 break;
             }
         }
@@ -265,13 +253,7 @@ pub async fn stitch(
 /// The watermark of each owned raw partition: its max event time minus `lateness`; a
 /// partition quiet for `idle` follows the busiest one; when all are quiet, every watermark
 /// passes the latest event seen by `gap`, which closes every session, and is flagged quiet.
-pub fn watermarks(
-    owned: &[i32],
-    clocks: &HashMap<i32, (i64, Instant)>,
-    lateness: i64,
-    gap: i64,
-    idle: Duration,
-) -> Vec<(i32, i64, bool)> {
+pub fn watermarks(owned: &[i32], clocks: &HashMap<i32, (i64, Instant)>, lateness: i64, gap: i64, idle: Duration) -> Vec<(i32, i64, bool)> {
     let latest = clocks.values().map(|c| c.0).max().unwrap_or(i64::MIN);
     let all_quiet = clocks.values().all(|c| c.1.elapsed() >= idle);
     owned
@@ -328,13 +310,7 @@ async fn flush(
     let token = batch_token("identity_links", links.iter().map(|r| format!("{}:{}/{}", r.identifier_kind, r.identifier, r.version)));
     sink.insert("identity_links", links, &token).await?;
     links.clear();
-    for f in std::mem::take(pending) {
-        match f.await {
-            Ok(Ok(_)) => {}
-            Ok(Err((e, _))) => return Err(Error::Kafka(e)),
-            Err(_) => return Err(Error::Kafka(rdkafka::error::KafkaError::Canceled)),
-        }
-    }
+    super::await_acks(std::mem::take(pending)).await?;
     if next_offsets.is_empty() {
         return Ok(());
     }
