@@ -17,6 +17,13 @@ pub mod stitch;
 
 pub use config::Config;
 
+/// The allocator of everything built on this crate: the `journey` binary, its benchmarks and
+/// tests, so the benchmarks measure what production runs. The processors interleave
+/// short-lived strings (decoded fields, rows, records) with long-lived per-customer state,
+/// which glibc's malloc handled poorly (~40% of the core benchmark; `docs/BENCHMARKS.md`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The one error type of the pipeline crate.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
