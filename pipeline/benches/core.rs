@@ -25,7 +25,7 @@ use journey_pipeline::pii::{PseudonymCache, Pseudonymizer};
 use std::sync::Arc;
 use journey_pipeline::sessionize::{Emitted, SessionEvent, SessionParams, Sessionizer};
 use journey_pipeline::sink::clickhouse::EventRow;
-use journey_pipeline::stitch::{identifiers, IdentityGraph};
+use journey_pipeline::stitch::{identifiers_into, IdKind, Ident, IdentityGraph, Observation};
 use journey_schemas::validate::{validate_event, Limits};
 use journey_schemas::{ChannelEvent, Codec};
 
@@ -61,12 +61,19 @@ fn pseudonymizer() -> Pseudonymizer {
     Pseudonymizer::new(b"bench-key-0123456789abcdef").expect("a 26-byte key is long enough")
 }
 
-/// Stitches one event: its canonical key and its phone pseudonym (empty without a phone).
-fn stitch(e: &ChannelEvent, graph: &mut IdentityGraph, pseudo: &mut PseudonymCache) -> (String, String) {
-    let ids = identifiers(e, pseudo);
-    let key = graph.observe(&ids).canonical;
-    let msisdn_hash = ids.iter().find(|i| i.kind == journey_pipeline::stitch::IdKind::Msisdn).map(|i| i.value.clone()).unwrap_or_default();
-    (key, msisdn_hash)
+/// What stitching reuses from one event to the next, as the stitch stage does.
+#[derive(Default)]
+struct StitchBuffers {
+    ids: Vec<Ident>,
+    obs: Observation,
+}
+
+/// Stitches one event: its canonical key (in `buf.obs.canonical`) and its phone pseudonym
+/// (empty without a phone), which the row keeps.
+fn stitch(e: &ChannelEvent, graph: &mut IdentityGraph, pseudo: &mut PseudonymCache, buf: &mut StitchBuffers) -> String {
+    identifiers_into(e, pseudo, &mut buf.ids);
+    graph.observe_into(&buf.ids, &mut buf.obs);
+    buf.ids.iter().find(|i| i.kind == IdKind::Msisdn).map(|i| i.value.clone()).unwrap_or_default()
 }
 
 /// What the whole path returns, so nothing is optimised away.
@@ -87,6 +94,7 @@ fn all(codec: &Codec, records: &[Vec<u8>], rules: Option<&Arc<RuleSet>>) -> (Ide
     let limits = Limits::default();
     let mut graph = IdentityGraph::new();
     let mut pseudo = PseudonymCache::new(pseudonymizer());
+    let mut buf = StitchBuffers::default();
     let mut z = Sessionizer::new(PARAMS);
     let mut emitted: Vec<Emitted> = Vec::new();
     let mut rows: Vec<EventRow> = Vec::with_capacity(1024);
@@ -97,16 +105,17 @@ fn all(codec: &Codec, records: &[Vec<u8>], rules: Option<&Arc<RuleSet>>) -> (Ide
         let e = codec.decode_event(rec).expect("generated records decode").value;
         validate_event(&e, NOW, &limits).expect("generated events are valid");
         // stitch
-        let (key, msisdn_hash) = stitch(&e, &mut graph, &mut pseudo);
+        let msisdn_hash = stitch(&e, &mut graph, &mut pseudo, &mut buf);
+        let key = buf.obs.canonical.as_str();
         // sessionize
         let mut sev = SessionEvent::from_event(&e);
         sev.offset = offset as i64;
-        z.admit(&key, sev, &mut emitted);
+        z.admit(key, sev, &mut emitted);
         max_t = max_t.max(e.event_time);
         z.advance(max_t - LATENESS, &mut emitted);
         // detect (with rules): after the sessionizer, as in the runtime's processor
         if let Some(d) = detector.as_mut() {
-            d.admit_event(&key, &e, &z, &mut hits);
+            d.admit_event(key, &e, &z, &mut hits);
             d.advance(max_t - LATENESS, &z, &mut hits);
             t.hits += hits.len();
             for h in hits.drain(..) {
@@ -120,7 +129,7 @@ fn all(codec: &Codec, records: &[Vec<u8>], rules: Option<&Arc<RuleSet>>) -> (Ide
             }
         }
         // encode
-        rows.push(EventRow::from_event(e, &key, msisdn_hash, 0));
+        rows.push(EventRow::from_event(e, key, msisdn_hash, 0));
         if rows.len() == rows.capacity() {
             t.rows += rows.len();
             rows.clear();
@@ -167,12 +176,12 @@ fn core(c: &mut Criterion<clock::Clock>) {
     drop(records);
     group.bench_function("stitch", |b| {
         b.iter_batched(
-            || (IdentityGraph::new(), PseudonymCache::new(pseudonymizer())),
-            |(mut graph, mut pseudo)| {
+            || (IdentityGraph::new(), PseudonymCache::new(pseudonymizer()), StitchBuffers::default()),
+            |(mut graph, mut pseudo, mut buf)| {
                 let mut bytes = 0usize;
                 for e in &events {
-                    let (key, hash) = stitch(e, &mut graph, &mut pseudo);
-                    bytes += key.len() + hash.len();
+                    let hash = stitch(e, &mut graph, &mut pseudo, &mut buf);
+                    bytes += buf.obs.canonical.len() + hash.len();
                 }
                 (graph, bytes)
             },
@@ -182,7 +191,14 @@ fn core(c: &mut Criterion<clock::Clock>) {
 
     let mut graph = IdentityGraph::new();
     let mut pseudo = PseudonymCache::new(pseudonymizer());
-    let stitched: Vec<(String, String)> = events.iter().map(|e| stitch(e, &mut graph, &mut pseudo)).collect();
+    let mut buf = StitchBuffers::default();
+    let stitched: Vec<(String, String)> = events
+        .iter()
+        .map(|e| {
+            let hash = stitch(e, &mut graph, &mut pseudo, &mut buf);
+            (buf.obs.canonical.clone(), hash)
+        })
+        .collect();
     drop(graph);
     let session_input: Vec<SessionEvent> = events
         .iter()

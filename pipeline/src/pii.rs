@@ -23,13 +23,19 @@ impl std::fmt::Debug for Pseudonymizer {
 
 /// Lower-case hex of 16 bytes.
 pub fn hex16(bytes: &[u8; 16]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(32);
+    push_hex16(bytes, &mut s);
+    s
+}
+
+/// Appends the lower-case hex of 16 bytes to `s`.
+pub fn push_hex16(bytes: &[u8; 16], s: &mut String) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    s.reserve(32);
     for &b in bytes {
         s.push(DIGITS[usize::from(b >> 4)] as char);
         s.push(DIGITS[usize::from(b & 0xf)] as char);
     }
-    s
 }
 
 impl Pseudonymizer {
@@ -70,6 +76,11 @@ impl Pseudonymizer {
 pub trait Pseudonyms {
     /// The pseudonym of `raw` (what [`Pseudonymizer::hash`] returns).
     fn pseudonym(&mut self, raw: &str) -> String;
+
+    /// Appends the pseudonym of `raw` to `out` (no allocation when `out` has room).
+    fn pseudonym_into(&mut self, raw: &str, out: &mut String) {
+        out.push_str(&self.pseudonym(raw));
+    }
 }
 
 impl Pseudonyms for &Pseudonymizer {
@@ -81,6 +92,10 @@ impl Pseudonyms for &Pseudonymizer {
 impl Pseudonyms for &mut PseudonymCache {
     fn pseudonym(&mut self, raw: &str) -> String {
         hex16(&self.digest(raw))
+    }
+
+    fn pseudonym_into(&mut self, raw: &str, out: &mut String) {
+        push_hex16(&self.digest(raw), out);
     }
 }
 

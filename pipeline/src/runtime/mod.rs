@@ -18,7 +18,7 @@ pub mod stitch;
 
 use crate::config::Config;
 use crate::detect::{DetectedHit, Detector, RuleSet};
-use crate::pii::Pseudonymizer;
+use crate::pii::{self, PseudonymCache, Pseudonymizer};
 use crate::sessionize::{Admission, Emitted, SessionEvent, SessionParams, Sessionizer};
 use crate::sink::clickhouse::{batch_token, client, Backoff, ClickHouseSink, EventRow, HitRow, SessionRow};
 use crate::Error;
@@ -204,7 +204,8 @@ pub fn control_of(headers: Option<&rdkafka::message::BorrowedHeaders>) -> Option
 pub struct Processor {
     cfg: Config,
     codec: Codec,
-    pseudo: Pseudonymizer,
+    /// Phone pseudonyms for the `events` rows (a customer's events come in bursts).
+    pseudo: PseudonymCache,
     params: SessionParams,
     partitions: HashMap<i32, PartitionState>,
     /// Rows for the next flush, with the input partition each came from (`event_parts` is
@@ -239,7 +240,7 @@ impl Processor {
         };
         Processor {
             codec,
-            pseudo,
+            pseudo: PseudonymCache::new(pseudo),
             params,
             partitions: HashMap::new(),
             event_rows: Vec::new(),
@@ -382,8 +383,8 @@ impl Processor {
         match st.sessionizer.admit(&customer, sev, &mut self.emitted) {
             Admission::Accepted => {
                 st.detector.admit_event(&customer, &event, &st.sessionizer, &mut self.emitted_hits);
-                let hash = event.msisdn.as_deref().map(|m| self.pseudo.hash(m)).unwrap_or_default();
-                self.event_rows.push(EventRow::new(&event, &customer, hash, moves));
+                let hash = event.msisdn.as_deref().map(|m| pii::hex16(&self.pseudo.digest(m))).unwrap_or_default();
+                self.event_rows.push(EventRow::from_event(event, &customer, hash, moves));
                 self.event_parts.push(partition);
                 self.buffered_bytes += 64 + 2 * payload.len();
                 self.summary.accepted += 1;
@@ -394,8 +395,8 @@ impl Processor {
                 if moves > 0 {
                     // A moved copy supersedes the rows of the keys it moved from, even when
                     // this key already had the event (a duplicate that was keyed here directly).
-                    let hash = event.msisdn.as_deref().map(|m| self.pseudo.hash(m)).unwrap_or_default();
-                    self.event_rows.push(EventRow::new(&event, &customer, hash, moves));
+                    let hash = event.msisdn.as_deref().map(|m| pii::hex16(&self.pseudo.digest(m))).unwrap_or_default();
+                    self.event_rows.push(EventRow::from_event(event, &customer, hash, moves));
                     self.event_parts.push(partition);
                     self.buffered_bytes += 64 + 2 * payload.len();
                 }

@@ -25,9 +25,9 @@
 
 use super::{send, BackPressure, ProcessOptions};
 use crate::config::Config;
-use crate::pii::Pseudonymizer;
+use crate::pii::{PseudonymCache, Pseudonymizer};
 use crate::sink::clickhouse::{batch_token, client, Backoff, ClickHouseSink, IdentityRow};
-use crate::stitch::{identifiers, IdentityGraph, Merge};
+use crate::stitch::{identifiers_into, IdentityGraph, Merge, Observation};
 use crate::Error;
 use journey_connectors::now_ms;
 use journey_connectors::publish::DeadLetter;
@@ -112,6 +112,10 @@ pub async fn stitch(
     let producer: FutureProducer = cfg.kafka.producer_config().create()?;
     let identity = identity_reader(&cfg)?;
     let mut graph = IdentityGraph::new();
+    let mut pseudo = PseudonymCache::new(pseudo);
+    // Buffers of the per-record hot path, reused.
+    let mut ids = Vec::new();
+    let mut obs = Observation::default();
     // Catch up on the identity topic before resolving anything: read until it is quiet.
     let mut quiet_since = Instant::now();
     let mut replayed = 0u64;
@@ -186,8 +190,8 @@ pub async fn stitch(
                 let clock = clocks.entry(msg.partition()).or_insert((i64::MIN, Instant::now()));
                 clock.0 = clock.0.max(event.event_time);
                 clock.1 = Instant::now();
-                let ids = identifiers(&event, &pseudo);
-                let obs = graph.observe(&ids);
+                identifiers_into(&event, &mut pseudo, &mut ids);
+                graph.observe_into(&ids, &mut obs);
                 let linked = now_ms() as u64;
                 for (k, v) in &obs.links {
                     summary.links += 1;

@@ -16,8 +16,33 @@
 
 use crate::operator::Operator;
 use journey_schemas::{Channel, ChannelEvent, Session};
+use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
+
+/// Distinct topic and region strings shared per thread, so an event's `Arc<str>` fields cost a
+/// lookup instead of an allocation. State, and why it is bounded: at most [`INTERN_MAX`]
+/// strings (topics and regions are small vocabularies); strings beyond that are allocated as
+/// before, so hostile input cannot grow it.
+const INTERN_MAX: usize = 4096;
+
+thread_local! {
+    static INTERNED: RefCell<HashMap<Box<str>, Arc<str>, foldhash::fast::FixedState>> = RefCell::default();
+}
+
+/// The shared `Arc<str>` of `s` (see [`INTERN_MAX`]).
+pub fn intern(s: &str) -> Arc<str> {
+    INTERNED.with_borrow_mut(|m| {
+        if let Some(a) = m.get(s) {
+            return a.clone();
+        }
+        let a: Arc<str> = Arc::from(s);
+        if m.len() < INTERN_MAX {
+            m.insert(s.into(), a.clone());
+        }
+        a
+    })
+}
 
 /// Session parameters, in milliseconds of event time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,8 +85,8 @@ impl SessionEvent {
             time: e.event_time,
             id: e.event_id.as_str().into(),
             channel: e.channel,
-            topic: e.topic.as_deref().map(Arc::from),
-            region: e.region.as_deref().map(Arc::from),
+            topic: e.topic.as_deref().map(intern),
+            region: e.region.as_deref().map(intern),
             assisted: e.event_type == "contact.start",
             offset: 0,
             payload: None,
@@ -94,14 +119,23 @@ pub fn cut_sessions(events: &[SessionEvent], p: &SessionParams) -> Vec<std::ops:
 
 /// Deterministic session id: a hash of the customer and the first event id.
 pub fn session_id(customer: &str, first_event_id: &str) -> String {
-    // `format!("{:016x}{:016x}", fnv1a(.., 0), fnv1a(.., 1))`, with both hashes in one pass
-    // and the hex spelled out: this runs for every session of every reconcile.
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    session_id_text(session_hash(customer, first_event_id))
+}
+
+/// The two hashes a session id spells out: `(fnv1a(.., 0), fnv1a(.., 1))` in one pass. The
+/// sessionizer compares these instead of the text, which it builds only to emit.
+pub fn session_hash(customer: &str, first_event_id: &str) -> (u64, u64) {
     let (mut h0, mut h1) = (fnv1a_seed(0), fnv1a_seed(1));
     for &byte in customer.as_bytes().iter().chain(&[0xff]).chain(first_event_id.as_bytes()) {
         h0 = (h0 ^ u64::from(byte)).wrapping_mul(FNV_PRIME);
         h1 = (h1 ^ u64::from(byte)).wrapping_mul(FNV_PRIME);
     }
+    (h0, h1)
+}
+
+/// `format!("{h0:016x}{h1:016x}")`, spelled out.
+fn session_id_text((h0, h1): (u64, u64)) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut id = String::with_capacity(32);
     for h in [h0, h1] {
         for shift in (0..16).rev() {
@@ -197,8 +231,9 @@ pub fn transitions(events: &[SessionEvent]) -> Vec<Transition> {
 /// analytics tables need beyond the `journey.Session` contract.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Emitted {
-    /// The record published to `journey.sessions`.
-    pub session: Session,
+    /// The record published to `journey.sessions` (shared with the sessionizer's state, which
+    /// keeps the last emitted record of each session).
+    pub session: Arc<Session>,
     /// Region of the session's first event that has one.
     pub region: Option<Arc<str>>,
     /// Channel transitions (empty for a retraction).
@@ -207,12 +242,12 @@ pub struct Emitted {
 
 impl Emitted {
     /// A live session built from its sorted events.
-    pub fn live(session: Session, events: &[SessionEvent]) -> Emitted {
+    pub fn live(session: Arc<Session>, events: &[SessionEvent]) -> Emitted {
         Emitted { session, region: events.iter().find_map(|e| e.region.clone()), transitions: transitions(events) }
     }
 
     /// A retraction: the record alone.
-    pub fn retraction(session: Session) -> Emitted {
+    pub fn retraction(session: Arc<Session>) -> Emitted {
         Emitted { session, region: None, transitions: Vec::new() }
     }
 }
@@ -232,7 +267,7 @@ pub fn batch_sessions(customer: &str, events: &[SessionEvent], p: &SessionParams
     sorted.sort_by(|a, b| a.key().cmp(&b.key()));
     let mut seen = std::collections::HashSet::new();
     sorted.retain(|e| seen.insert(e.id.clone()));
-    cut_sessions(&sorted, p).into_iter().map(|r| Emitted::live(build_session(customer, &sorted[r.clone()]), &sorted[r])).collect()
+    cut_sessions(&sorted, p).into_iter().map(|r| Emitted::live(Arc::new(build_session(customer, &sorted[r.clone()])), &sorted[r])).collect()
 }
 
 /// What happened to one input event.
@@ -246,13 +281,20 @@ pub enum Admission {
     TooLate,
 }
 
+/// The last emitted record of a session id, with the id's hashes to compare cheaply.
+#[derive(Debug, Clone)]
+struct Sent {
+    id: (u64, u64),
+    rec: Arc<Session>,
+}
+
 #[derive(Debug, Default)]
 struct CustomerState {
     key: String,
     /// Distinct events sorted by (time, id).
     events: Vec<SessionEvent>,
     /// The last emitted record of each session id (a customer has a handful, so a list).
-    emitted: Vec<Session>,
+    emitted: Vec<Sent>,
     /// Deadline in the timer set, if any.
     timer: Option<i64>,
     /// Earliest prune deadline of the closed sessions and tombstones, as of the last reconcile
@@ -293,6 +335,8 @@ pub struct Sessionizer {
     dirty: Vec<usize>,
     /// Keys whose state was removed since the last [`Sessionizer::take_dirty`].
     dirty_gone: HashSet<String>,
+    /// Scratch list of the session ids of one reconcile, kept to reuse its allocation.
+    live_ids: Vec<(u64, u64)>,
     /// Test switch: arm timers as the first version did (see `tests::reference_schedule`).
     #[cfg(test)]
     reference_timers: bool,
@@ -311,6 +355,7 @@ impl Sessionizer {
             version_floor: 1,
             dirty: Vec::new(),
             dirty_gone: HashSet::new(),
+            live_ids: Vec::new(),
             #[cfg(test)]
             reference_timers: false,
         }
@@ -354,7 +399,7 @@ impl Sessionizer {
     /// A customer's state, if it has any.
     pub fn snapshot(&self, customer: &str) -> Option<CustomerSnapshot> {
         let c = &self.customers[*self.index.get(customer)?];
-        let mut emitted: Vec<Session> = c.emitted.clone();
+        let mut emitted: Vec<Session> = c.emitted.iter().map(|s| Session::clone(&s.rec)).collect();
         emitted.sort_by(|a, b| a.session_id.cmp(&b.session_id));
         Some(CustomerSnapshot { key: c.key.clone(), events: c.events.clone(), emitted })
     }
@@ -370,8 +415,11 @@ impl Sessionizer {
         c.events = snap.events;
         c.emitted = Vec::with_capacity(snap.emitted.len());
         for s in snap.emitted {
-            // One record per session id, the last one winning, as a map would keep.
-            match c.emitted.iter_mut().find(|e| e.session_id == s.session_id) {
+            // One record per session id, the last one winning, as a map would keep. The id is
+            // the hash of the customer and the session's first event, so it is recomputed.
+            let id = session_hash(&snap.key, &s.first_event_id);
+            let s = Sent { id, rec: Arc::new(s) };
+            match c.emitted.iter_mut().find(|e| e.id == id) {
                 Some(e) => *e = s,
                 None => c.emitted.push(s),
             }
@@ -476,6 +524,10 @@ impl Sessionizer {
             Some(last) if last.key() <= ev.key() => c.events.len(),
             _ => c.events.partition_point(|e| e.key() < ev.key()),
         };
+        if c.events.capacity() == 0 {
+            // Sessions average a few events: one allocation instead of three growths.
+            c.events.reserve_exact(4);
+        }
         c.events.insert(pos, ev);
         if late {
             self.reconcile(idx, out);
@@ -510,9 +562,10 @@ impl Sessionizer {
         let wm = self.watermark;
         let floor = self.version_floor;
         self.mark_dirty(idx);
+        let mut live_ids = std::mem::take(&mut self.live_ids);
+        live_ids.clear();
         let c = &mut self.customers[idx];
         let ranges = cut_sessions(&c.events, &p);
-        let mut live_ids: Vec<String> = Vec::with_capacity(ranges.len());
         let mut next_deadline: Option<i64> = None;
         let mut next_prune: Option<i64> = None;
         let mut prune_before = 0usize;
@@ -521,31 +574,32 @@ impl Sessionizer {
         for r in &ranges {
             let run = &c.events[r.clone()];
             let (first, last) = (&run[0], &run[run.len() - 1]);
-            let id = session_id(&c.key, &first.id);
+            let id = session_hash(&c.key, &first.id);
             let closed = last.time.saturating_add(p.gap_ms) < wm || first.time.saturating_add(p.max_duration_ms) < wm;
             if closed {
-                let prev = c.emitted.iter().position(|s| s.session_id == id);
+                let prev = c.emitted.iter().position(|s| s.id == id);
                 // Retained events only grow between prunes of whole sessions, and a session is a
                 // contiguous run of them: an emitted record with the same first and last event
                 // and the same count covers the very same events, so it needs no rebuild.
                 let unchanged = prev.is_some_and(|i| {
-                    let s = &c.emitted[i];
+                    let s = &c.emitted[i].rec;
                     !s.retracted
                         && s.start_time == first.time
                         && s.end_time == last.time
                         && s.event_count == run.len() as i64
                         && *s.last_event_id == *last.id
                 });
-                debug_assert!(!unchanged || prev.is_some_and(|i| same_content(&c.emitted[i], &build_session(&c.key, run))));
+                debug_assert!(!unchanged || prev.is_some_and(|i| same_content(&c.emitted[i].rec, &build_session(&c.key, run))));
                 if !unchanged {
                     let mut s = build_session(&c.key, run);
-                    let changed = prev.is_none_or(|i| !same_content(&c.emitted[i], &s));
+                    let changed = prev.is_none_or(|i| !same_content(&c.emitted[i].rec, &s));
                     if changed {
-                        s.version = prev.map_or(floor, |i| (c.emitted[i].version + 1).max(floor));
-                        out.push(Emitted::live(s.clone(), run));
+                        s.version = prev.map_or(floor, |i| (c.emitted[i].rec.version + 1).max(floor));
+                        let rec = Arc::new(s);
+                        out.push(Emitted::live(rec.clone(), run));
                         match prev {
-                            Some(i) => c.emitted[i] = s,
-                            None => c.emitted.push(s),
+                            Some(i) => c.emitted[i].rec = rec,
+                            None => c.emitted.push(Sent { id, rec }),
                         }
                     }
                 }
@@ -573,10 +627,12 @@ impl Sessionizer {
         // retraction stays as a tombstone so that, should a later re-cut bring the same id back,
         // its new version is still higher than the retraction's.
         for prev in c.emitted.iter_mut() {
-            if !prev.retracted && !live_ids.contains(&prev.session_id) {
-                prev.version = (prev.version + 1).max(floor);
-                prev.retracted = true;
-                out.push(Emitted::retraction(prev.clone()));
+            if !prev.rec.retracted && !live_ids.contains(&prev.id) {
+                // The output's copy of the last emission is usually gone by now: no clone then.
+                let rec = Arc::make_mut(&mut prev.rec);
+                rec.version = (rec.version + 1).max(floor);
+                rec.retracted = true;
+                out.push(Emitted::retraction(prev.rec.clone()));
             }
         }
         if prune_before > 0 {
@@ -588,13 +644,14 @@ impl Sessionizer {
         // after the pruned ones.
         let horizon_start = wm.saturating_sub(p.horizon_ms);
         let retained = &live_ids[pruned_sessions..];
-        c.emitted.retain(|s| retained.contains(&s.session_id) || s.end_time.saturating_add(p.gap_ms) >= horizon_start);
-        for s in c.emitted.iter().filter(|s| s.retracted) {
-            let prune_at = s.end_time.saturating_add(p.gap_ms).saturating_add(p.horizon_ms);
+        c.emitted.retain(|s| retained.contains(&s.id) || s.rec.end_time.saturating_add(p.gap_ms) >= horizon_start);
+        for s in c.emitted.iter().filter(|s| s.rec.retracted) {
+            let prune_at = s.rec.end_time.saturating_add(p.gap_ms).saturating_add(p.horizon_ms);
             next_deadline = Some(next_deadline.map_or(prune_at, |d| d.min(prune_at)));
             next_prune = Some(next_prune.map_or(prune_at, |d| d.min(prune_at)));
         }
         c.prune_at = next_prune;
+        self.live_ids = live_ids;
         if let Some(old) = c.timer.take() {
             self.timers.remove(&(old, idx));
         }
@@ -649,11 +706,12 @@ impl Sessionizer {
             self.timers.remove(&(t, idx));
         }
         self.free.push(idx);
-        let mut retractions: Vec<Session> = state.emitted.into_iter().filter(|s| !s.retracted).collect();
+        let mut retractions: Vec<Arc<Session>> = state.emitted.into_iter().map(|s| s.rec).filter(|s| !s.retracted).collect();
         retractions.sort_by(|a, b| a.session_id.cmp(&b.session_id));
         for mut s in retractions {
-            s.version = (s.version + 1).max(floor);
-            s.retracted = true;
+            let rec = Arc::make_mut(&mut s);
+            rec.version = (rec.version + 1).max(floor);
+            rec.retracted = true;
             out.push(Emitted::retraction(s));
         }
         state.events

@@ -23,7 +23,7 @@ fn final_state(out: &[Emitted]) -> BTreeMap<String, Emitted> {
         .into_iter()
         .filter(|(_, s)| !s.retracted)
         .map(|(k, mut s)| {
-            s.session.version = 0;
+            Arc::make_mut(&mut s.session).version = 0;
             (k, s)
         })
         .collect()

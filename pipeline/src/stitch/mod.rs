@@ -74,18 +74,37 @@ impl Ident {
 }
 
 /// The identifiers of an event (phone numbers pseudonymised), in a fixed order.
-pub fn identifiers(e: &ChannelEvent, mut pseudo: impl Pseudonyms) -> Vec<Ident> {
+pub fn identifiers(e: &ChannelEvent, pseudo: impl Pseudonyms) -> Vec<Ident> {
     let mut out = Vec::with_capacity(3);
+    identifiers_into(e, pseudo, &mut out);
+    out
+}
+
+/// [`identifiers`] into `out`, reusing its identifiers' strings (the stitch hot path).
+pub fn identifiers_into(e: &ChannelEvent, mut pseudo: impl Pseudonyms, out: &mut Vec<Ident>) {
+    let mut n = 0;
     if let Some(c) = e.customer_id.as_deref().filter(|s| !s.is_empty()) {
-        out.push(Ident { kind: IdKind::Customer, value: c.to_string() });
+        next_slot(out, &mut n, IdKind::Customer).push_str(c);
     }
     if let Some(m) = e.msisdn.as_deref().filter(|s| !s.is_empty()) {
-        out.push(Ident { kind: IdKind::Msisdn, value: pseudo.pseudonym(m) });
+        pseudo.pseudonym_into(m, next_slot(out, &mut n, IdKind::Msisdn));
     }
     if let Some(a) = e.app_instance_id.as_deref().filter(|s| !s.is_empty()) {
-        out.push(Ident { kind: IdKind::App, value: a.to_string() });
+        next_slot(out, &mut n, IdKind::App).push_str(a);
     }
-    out
+    out.truncate(n);
+}
+
+/// The emptied value of identifier `*n` of `out` (added if missing), now of `kind`.
+fn next_slot<'a>(out: &'a mut Vec<Ident>, n: &mut usize, kind: IdKind) -> &'a mut String {
+    if *n == out.len() {
+        out.push(Ident { kind, value: String::new() });
+    }
+    let id = &mut out[*n];
+    *n += 1;
+    id.kind = kind;
+    id.value.clear();
+    &mut id.value
 }
 
 /// 128-bit fingerprint of an identifier (kind and value): what the graph's index keys on,
@@ -207,17 +226,24 @@ impl Best {
     }
 
     fn canonical_key(&self) -> String {
+        let mut s = String::new();
+        self.canonical_key_into(&mut s);
+        s
+    }
+
+    /// Writes the canonical key into `s` (replacing its content).
+    fn canonical_key_into(&self, s: &mut String) {
         let prefix = match self.kind {
             IdKind::Customer => "",
             IdKind::Msisdn => "m:",
             IdKind::App => "a:",
         };
+        s.clear();
         self.text.with_str(|v| {
-            let mut s = String::with_capacity(prefix.len() + v.len());
+            s.reserve(prefix.len() + v.len());
             s.push_str(prefix);
             s.push_str(v);
-            s
-        })
+        });
     }
 }
 
@@ -373,7 +399,17 @@ impl IdentityGraph {
     /// Folds in the identifiers of one event.
     pub fn observe(&mut self, ids: &[Ident]) -> Observation {
         let mut obs = Observation::default();
-        let Some(first) = ids.first() else { return obs };
+        self.observe_into(ids, &mut obs);
+        obs
+    }
+
+    /// [`IdentityGraph::observe`] into `obs`, reusing its buffers (the stitch hot path): an
+    /// event that links nothing new costs no allocation.
+    pub fn observe_into(&mut self, ids: &[Ident], obs: &mut Observation) {
+        obs.canonical.clear();
+        obs.merges.clear();
+        obs.links.clear();
+        let Some(first) = ids.first() else { return };
         let (n0, new0) = self.node(first);
         let mut changed = new0 && ids.len() > 1;
         for id in &ids[1..] {
@@ -385,7 +421,7 @@ impl IdentityGraph {
             }
         }
         let r = self.find(n0);
-        obs.canonical = self.comps[self.slot(r)].best.canonical_key();
+        self.comps[self.slot(r)].best.canonical_key_into(&mut obs.canonical);
         // Merges of merges: every old key points at the final canonical key.
         for m in &mut obs.merges {
             m.to.clone_from(&obs.canonical);
@@ -399,7 +435,6 @@ impl IdentityGraph {
                 obs.links.push((canonical_topic_key(&m.from), obs.canonical.clone()));
             }
         }
-        obs
     }
 
     /// Applies one record of the identity topic (identifier topic key -> canonical key).

@@ -135,3 +135,48 @@ proptest! {
         prop_assert_eq!(by.le(&bx), y <= x);
     }
 }
+
+fn event_with(customer: Option<&str>, msisdn: Option<&str>, app: Option<&str>) -> ChannelEvent {
+    ChannelEvent {
+        event_id: "e".into(),
+        event_time: 0,
+        ingest_time: 0,
+        channel: journey_schemas::Channel::App,
+        event_type: "t".into(),
+        customer_id: customer.map(Into::into),
+        msisdn: msisdn.map(Into::into),
+        app_instance_id: app.map(Into::into),
+        topic: None,
+        outcome: None,
+        line: None,
+        agent_id: None,
+        attrs: Default::default(),
+        region: None,
+    }
+}
+
+proptest! {
+    /// The hot path's reused buffers give what fresh ones give, whatever the previous event
+    /// left in them (more, fewer or other identifiers).
+    #[test]
+    fn reused_buffers_give_what_fresh_ones_give(
+        events in proptest::collection::vec(
+            (proptest::option::of("[a-c]{0,3}"), proptest::option::of("[0-9]{0,3}"), proptest::option::of("[x-z]{0,3}")),
+            1..40,
+        )
+    ) {
+        let p = crate::pii::Pseudonymizer::new(b"0123456789abcdef").unwrap();
+        let mut cache = crate::pii::PseudonymCache::with_slots(p.clone(), 4);
+        let (mut fresh, mut reused) = (IdentityGraph::new(), IdentityGraph::new());
+        let (mut ids, mut obs) = (Vec::new(), Observation::default());
+        for (c, m, a) in &events {
+            let e = event_with(c.as_deref(), m.as_deref(), a.as_deref());
+            let expected_ids = identifiers(&e, &p);
+            identifiers_into(&e, &mut cache, &mut ids);
+            prop_assert_eq!(&ids, &expected_ids);
+            let expected = fresh.observe(&expected_ids);
+            reused.observe_into(&ids, &mut obs);
+            prop_assert_eq!(&obs, &expected);
+        }
+    }
+}

@@ -142,7 +142,7 @@ pub fn expected(cfg: &Config, events: &[ChannelEvent]) -> Outcome {
             });
         }
         for e in batch_sessions(c, evs, &params) {
-            let s = e.session;
+            let s = std::sync::Arc::unwrap_or_clone(e.session);
             out.sessions.insert(SessionKey {
                 session_id: s.session_id,
                 customer_id: s.customer_id,
