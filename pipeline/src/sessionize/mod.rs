@@ -295,8 +295,12 @@ struct CustomerState {
     events: Vec<SessionEvent>,
     /// The last emitted record of each session id (a customer has a handful, so a list).
     emitted: Vec<Sent>,
-    /// Deadline in the timer set, if any.
+    /// When the customer next needs a reconcile, if ever.
     timer: Option<i64>,
+    /// Its entry in the timer set: at or before `timer` (a later `timer` is re-armed when this
+    /// fires, so the in-order events of a session, which each push the deadline back, cost
+    /// no timer-set update).
+    armed: Option<i64>,
     /// Earliest prune deadline of the closed sessions and tombstones, as of the last reconcile
     /// (in-order events never close a session, so it stays valid until the next one).
     prune_at: Option<i64>,
@@ -543,14 +547,38 @@ impl Sessionizer {
             return;
         }
         self.watermark = watermark;
-        while let Some(&(deadline, idx)) = self.timers.first() {
-            if deadline >= watermark {
+        while let Some(&(armed, idx)) = self.timers.first() {
+            if armed >= watermark {
                 break;
             }
             self.timers.pop_first();
-            if self.customers[idx].timer == Some(deadline) {
-                self.customers[idx].timer = None;
-                self.reconcile(idx, out);
+            let c = &mut self.customers[idx];
+            debug_assert_eq!(c.armed, Some(armed), "the timer set holds each customer's armed entry only");
+            c.armed = None;
+            match c.timer {
+                Some(t) if t < watermark => {
+                    c.timer = None;
+                    self.reconcile(idx, out);
+                }
+                later => self.set_timer(idx, later),
+            }
+        }
+    }
+
+    /// Sets when customer `idx` next needs a reconcile, keeping an armed entry at or before it.
+    fn set_timer(&mut self, idx: usize, deadline: Option<i64>) {
+        let c = &mut self.customers[idx];
+        c.timer = deadline;
+        match (c.armed, deadline) {
+            (Some(a), Some(t)) if a <= t => {}
+            (armed, _) => {
+                if let Some(a) = armed {
+                    self.timers.remove(&(a, idx));
+                }
+                c.armed = deadline;
+                if let Some(t) = deadline {
+                    self.timers.insert((t, idx));
+                }
             }
         }
     }
@@ -652,10 +680,8 @@ impl Sessionizer {
         }
         c.prune_at = next_prune;
         self.live_ids = live_ids;
-        if let Some(old) = c.timer.take() {
-            self.timers.remove(&(old, idx));
-        }
-        if self.customers[idx].events.is_empty() && self.customers[idx].emitted.is_empty() {
+        if c.events.is_empty() && c.emitted.is_empty() {
+            self.set_timer(idx, None);
             let key = std::mem::take(&mut self.customers[idx].key);
             self.index.remove(&key);
             self.dirty_gone.insert(key);
@@ -663,10 +689,7 @@ impl Sessionizer {
             self.free.push(idx);
             return;
         }
-        if let Some(d) = next_deadline {
-            self.customers[idx].timer = Some(d);
-            self.timers.insert((d, idx));
-        }
+        self.set_timer(idx, next_deadline);
     }
 
     /// Re-arms a customer's timer after an in-order event (not behind the watermark).
@@ -685,13 +708,7 @@ impl Sessionizer {
         let c = &mut self.customers[idx];
         let close = first_open_close(&c.events, &self.params, self.watermark);
         let deadline = c.prune_at.map_or(close, |t| t.min(close));
-        if c.timer == Some(deadline) {
-            return;
-        }
-        if let Some(old) = c.timer.replace(deadline) {
-            self.timers.remove(&(old, idx));
-        }
-        self.timers.insert((deadline, idx));
+        self.set_timer(idx, Some(deadline));
     }
 
     /// Removes a customer's state (its key was merged into another customer): emits a
@@ -702,8 +719,8 @@ impl Sessionizer {
         self.dirty_gone.insert(customer.to_string());
         let floor = self.version_floor;
         let state = std::mem::take(&mut self.customers[idx]);
-        if let Some(t) = state.timer {
-            self.timers.remove(&(t, idx));
+        if let Some(a) = state.armed {
+            self.timers.remove(&(a, idx));
         }
         self.free.push(idx);
         let mut retractions: Vec<Arc<Session>> = state.emitted.into_iter().map(|s| s.rec).filter(|s| !s.retracted).collect();

@@ -222,10 +222,7 @@ impl Sessionizer {
             Some(t) => t.min(deadline),
             None => deadline,
         };
-        if let Some(old) = c.timer.replace(deadline) {
-            self.timers.remove(&(old, idx));
-        }
-        self.timers.insert((deadline, idx));
+        self.set_timer(idx, Some(deadline));
     }
 }
 
