@@ -19,6 +19,7 @@ use journey_schemas::{Channel, ChannelEvent, Session};
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
+use std::hash::BuildHasher;
 
 /// Distinct topic and region strings shared per thread, so an event's `Arc<str>` fields cost a
 /// lookup instead of an allocation. State, and why it is bounded: at most [`INTERN_MAX`]
@@ -321,12 +322,48 @@ pub struct CustomerSnapshot {
     pub emitted: Vec<Session>,
 }
 
+/// The slots of the customers with state, found by their key (which the slot holds).
+#[derive(Debug, Default)]
+struct CustomerIndex {
+    table: hashbrown::HashTable<usize>,
+    hasher: foldhash::fast::RandomState,
+}
+
+impl CustomerIndex {
+    fn hash(&self, key: &str) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    fn get(&self, customers: &[CustomerState], key: &str) -> Option<usize> {
+        self.table.find(self.hash(key), |&i| customers[i].key == key).copied()
+    }
+
+    /// Adds slot `idx`, whose key is set and not yet indexed.
+    fn insert(&mut self, customers: &[CustomerState], idx: usize) {
+        let hasher = &self.hasher;
+        self.table.insert_unique(hasher.hash_one(customers[idx].key.as_str()), idx, |&i| hasher.hash_one(customers[i].key.as_str()));
+    }
+
+    /// Removes slot `idx` (its key still set).
+    fn remove(&mut self, customers: &[CustomerState], idx: usize) {
+        if let Ok(e) = self.table.find_entry(self.hash(&customers[idx].key), |&i| i == idx) {
+            e.remove();
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.table.len()
+    }
+}
+
 /// The per-partition sessionizer (see the module docs for its semantics and bounds).
 #[derive(Debug)]
 pub struct Sessionizer {
     params: SessionParams,
-    /// Customer key -> slot; looked up for every event, so a fast seeded hash, not SipHash.
-    index: HashMap<String, usize, foldhash::fast::RandomState>,
+    /// Customer key -> slot, the key being the slot's own (no second copy, and the lookup's
+    /// comparison reads the state the event goes on to use); looked up for every event, so a
+    /// fast seeded hash, not SipHash.
+    index: CustomerIndex,
     customers: Vec<CustomerState>,
     free: Vec<usize>,
     timers: BTreeSet<(i64, usize)>,
@@ -351,7 +388,7 @@ impl Sessionizer {
     pub fn new(params: SessionParams) -> Sessionizer {
         Sessionizer {
             params,
-            index: HashMap::default(),
+            index: CustomerIndex::default(),
             customers: Vec::new(),
             free: Vec::new(),
             timers: BTreeSet::new(),
@@ -370,7 +407,7 @@ impl Sessionizer {
         let mut keys = Vec::with_capacity(self.dirty.len() + self.dirty_gone.len());
         for key in std::mem::take(&mut self.dirty_gone) {
             // A key removed and then created again is listed below, once.
-            if !self.index.get(&key).is_some_and(|&idx| self.customers[idx].dirty) {
+            if !self.index.get(&self.customers, &key).is_some_and(|idx| self.customers[idx].dirty) {
                 keys.push(key);
             }
         }
@@ -395,14 +432,14 @@ impl Sessionizer {
     /// Forgets that `customer` changed (its state was just restored as it is in the changelog).
     fn clear_dirty(&mut self, customer: &str) {
         self.dirty_gone.remove(customer);
-        if let Some(&idx) = self.index.get(customer) {
+        if let Some(idx) = self.index.get(&self.customers, customer) {
             self.customers[idx].dirty = false;
         }
     }
 
     /// A customer's state, if it has any.
     pub fn snapshot(&self, customer: &str) -> Option<CustomerSnapshot> {
-        let c = &self.customers[*self.index.get(customer)?];
+        let c = &self.customers[self.index.get(&self.customers, customer)?];
         let mut emitted: Vec<Session> = c.emitted.iter().map(|s| Session::clone(&s.rec)).collect();
         emitted.sort_by(|a, b| a.session_id.cmp(&b.session_id));
         Some(CustomerSnapshot { key: c.key.clone(), events: c.events.clone(), emitted })
@@ -443,8 +480,8 @@ impl Sessionizer {
     }
 
     fn slot_for(&mut self, customer: &str) -> usize {
-        match self.index.get(customer) {
-            Some(&i) => i,
+        match self.index.get(&self.customers, customer) {
+            Some(i) => i,
             None => self.new_slot(customer),
         }
     }
@@ -461,7 +498,7 @@ impl Sessionizer {
                 self.customers.len() - 1
             }
         };
-        self.index.insert(customer.to_string(), i);
+        self.index.insert(&self.customers, i);
         i
     }
 
@@ -473,7 +510,7 @@ impl Sessionizer {
     /// Id of the session that contains event `(time, event_id)` of `customer` in the current
     /// cut, if that event is retained. Walks the cut like [`cut_sessions`] without allocating.
     pub fn session_of(&self, customer: &str, time: i64, event_id: &str) -> Option<String> {
-        let c = &self.customers[*self.index.get(customer)?];
+        let c = &self.customers[self.index.get(&self.customers, customer)?];
         let pos = c.events.partition_point(|e| e.key() < (time, event_id.as_bytes()));
         if c.events.get(pos).is_none_or(|e| &*e.id != event_id) {
             return None;
@@ -514,9 +551,9 @@ impl Sessionizer {
         if self.watermark != i64::MIN && ev.time < self.watermark.saturating_sub(self.params.horizon_ms) {
             return Admission::TooLate;
         }
-        let idx = match self.index.get(customer) {
-            Some(&i) if self.customers[i].events.iter().any(|e| e.id == ev.id) => return Admission::Duplicate,
-            Some(&i) => i,
+        let idx = match self.index.get(&self.customers, customer) {
+            Some(i) if self.customers[i].events.iter().any(|e| e.id == ev.id) => return Admission::Duplicate,
+            Some(i) => i,
             None => self.new_slot(customer),
         };
         self.mark_dirty(idx);
@@ -682,8 +719,8 @@ impl Sessionizer {
         self.live_ids = live_ids;
         if c.events.is_empty() && c.emitted.is_empty() {
             self.set_timer(idx, None);
+            self.index.remove(&self.customers, idx);
             let key = std::mem::take(&mut self.customers[idx].key);
-            self.index.remove(&key);
             self.dirty_gone.insert(key);
             self.customers[idx] = CustomerState::default();
             self.free.push(idx);
@@ -715,7 +752,8 @@ impl Sessionizer {
     /// retraction for each of its emitted sessions and returns its retained events, which the
     /// caller re-publishes under the new key.
     pub fn take_customer(&mut self, customer: &str, out: &mut Vec<Emitted>) -> Vec<SessionEvent> {
-        let Some(idx) = self.index.remove(customer) else { return Vec::new() };
+        let Some(idx) = self.index.get(&self.customers, customer) else { return Vec::new() };
+        self.index.remove(&self.customers, idx);
         self.dirty_gone.insert(customer.to_string());
         let floor = self.version_floor;
         let state = std::mem::take(&mut self.customers[idx]);
