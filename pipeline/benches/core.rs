@@ -22,12 +22,12 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, SamplingM
 use journey_connectors::generator::{Generated, Generator, GeneratorConfig};
 use journey_pipeline::detect::{DetectedHit, Detector, RuleSet};
 use journey_pipeline::pii::{PseudonymCache, Pseudonymizer};
-use std::sync::Arc;
 use journey_pipeline::sessionize::{Emitted, SessionEvent, SessionParams, Sessionizer};
 use journey_pipeline::sink::clickhouse::EventRow;
 use journey_pipeline::stitch::{identifiers_into, IdKind, Ident, IdentityGraph, Observation};
 use journey_schemas::validate::{validate_event, Limits};
 use journey_schemas::{ChannelEvent, Codec};
+use std::sync::Arc;
 
 const NOW: i64 = 1_800_000_000_000;
 const PARAMS: SessionParams = SessionParams { gap_ms: 30 * 60_000, max_duration_ms: 24 * 3_600_000, horizon_ms: 24 * 3_600_000 };

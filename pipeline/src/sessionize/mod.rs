@@ -18,8 +18,8 @@ use crate::operator::Operator;
 use journey_schemas::{Channel, ChannelEvent, Session};
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::Arc;
 use std::hash::BuildHasher;
+use std::sync::Arc;
 
 /// Distinct topic and region strings shared per thread, so an event's `Arc<str>` fields cost a
 /// lookup instead of an allocation. State, and why it is bounded: at most [`INTERN_MAX`]
