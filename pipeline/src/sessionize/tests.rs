@@ -319,3 +319,23 @@ fn session_ids_do_not_change() {
     // Ids are stored in ClickHouse and in the changelog: the function must stay as it is.
     assert_eq!(session_id("C1", "e1"), "80ecf63362a8102ca5a4c691ffb3bdf3");
 }
+
+#[test]
+fn interned_strings_are_shared_up_to_the_bound_and_equal_beyond_it() {
+    let a = intern("billing");
+    let b = intern("billing");
+    assert!(Arc::ptr_eq(&a, &b), "a known string is shared, not allocated again");
+    // Fill the table past its bound (on a thread of its own, so other tests' strings do not
+    // count): later strings are still right, only no longer shared.
+    std::thread::spawn(|| {
+        for i in 0..INTERN_MAX {
+            intern(&format!("t{i}"));
+        }
+        let late = intern("one-too-many");
+        assert_eq!(&*late, "one-too-many");
+        assert!(!Arc::ptr_eq(&late, &intern("one-too-many")), "beyond the bound nothing is kept");
+        assert!(Arc::ptr_eq(&intern("t0"), &intern("t0")));
+    })
+    .join()
+    .unwrap();
+}
