@@ -840,3 +840,45 @@ fn sessionizer_lookup_finds_the_session_of_an_event() {
     assert_eq!(lookup.session_of("k", 31, "e"), None);
     assert_eq!(lookup.session_of("x", 5, "b"), None);
 }
+
+/// Latest non-retracted record of every hit id, summarised.
+fn latest(out: &[DetectedHit]) -> Vec<(String, String, Vec<String>, i64)> {
+    let mut by_id: BTreeMap<String, &DetectedHit> = BTreeMap::new();
+    for h in out {
+        by_id.insert(h.hit.hit_id.clone(), h);
+    }
+    let live: Vec<DetectedHit> = by_id.values().filter(|h| !h.hit.retracted).map(|h| (*h).clone()).collect();
+    summary(&live)
+}
+
+#[test]
+fn many_distinct_values_are_collected_and_compare_as_before() {
+    // Every customer has its own topics, so the detector's table of values passes its
+    // collection threshold many times while events expire; `same` must still pair them.
+    let r = Arc::new(rules(
+        r#"
+        [[rule]]
+        name = "rep"
+        kind = "sequence"
+        within = "10ms"
+        same = ["topic"]
+        steps = [{ event_type = "contact.start" }, { event_type = "contact.start" }]
+        "#,
+    ));
+    let mut d = Detector::new(r.clone(), 20);
+    let mut out = Vec::new();
+    let s = NoSessions;
+    let mut all: BTreeMap<String, Vec<DetectEvent>> = BTreeMap::new();
+    for i in 0..30_000i64 {
+        let customer = format!("k{}", (i / 3) % 5);
+        let topic = format!("t{}", i / 3);
+        let e = ev(&r, i, &format!("e{i:06}"), Channel::Chat, "contact.start", Some(&topic), None);
+        all.entry(customer.clone()).or_default().push(e.clone());
+        d.admit(&customer, e, &s, &mut out);
+        d.advance(i, &s, &mut out);
+    }
+    d.flush_all(&s, &mut out);
+    let batch: Vec<DetectedHit> = all.iter().flat_map(|(c, evs)| evaluate(&r, c, evs)).collect();
+    assert!(!batch.is_empty());
+    assert_eq!(latest(&out), summary(&batch));
+}
