@@ -107,7 +107,7 @@ struct CustomerState {
     /// Absence triggers whose window is still open.
     pending: Vec<Pending>,
     /// Last emitted record per hit id.
-    emitted: BTreeMap<String, EmittedHit>,
+    emitted: Emitted,
     /// Deadline in the timer set, if any.
     timer: Option<i64>,
     /// Listed in `Detector::dirty_slots`.
@@ -269,7 +269,7 @@ impl Detector {
         if c.events.capacity() > 16 {
             c.events = Vec::new();
         }
-        c.emitted.clear();
+        c.emitted.0.clear();
         c.timer = None;
         c.dirty = false;
         self.index.remove(&key);
@@ -373,6 +373,10 @@ impl Detector {
         let after_quiet =
             self.idle_closed_upto != i64::MIN && ev.time <= self.idle_closed_upto.saturating_add(self.rules.max_absence_window_ms());
         let in_order = pos == c.events.len() && ev.time >= self.watermark && !after_quiet;
+        if c.events.capacity() == 0 {
+            // Most customers keep one or two events; the default first capacity is four.
+            c.events.reserve_exact(2);
+        }
         c.events.insert(pos, ev);
         self.mark_dirty(idx);
         if in_order {
@@ -406,6 +410,9 @@ impl Detector {
             if let Shape::Absence { .. } = r.shape {
                 let deadline = ev.time.saturating_add(r.within_ms);
                 let session = sessions.session_of(&c.key, ev.time, ev.id.as_str());
+                if c.pending.capacity() == 0 {
+                    c.pending.reserve_exact(1);
+                }
                 c.pending.push(Pending { deadline, rule: ri, time: ev.time, id: ev.id.clone(), session });
                 next = next.min(deadline);
             } else if let Some(matched) = hit_at(rules, ri, &c.events, k) {
@@ -447,7 +454,7 @@ impl Detector {
             }
             keep
         });
-        c.emitted.retain(|_, e| {
+        c.emitted.0.retain(|e| {
             let final_at = e.hit.hit.event_time.saturating_add(horizon);
             let keep = final_at >= wm;
             if keep {
@@ -521,10 +528,10 @@ impl Detector {
             put(&mut c.emitted, floor, hit, evs[k].time, out);
         }
         let mut retracted = Vec::new();
-        for (id, e) in c.emitted.iter_mut() {
+        for e in c.emitted.0.iter_mut() {
             let h = &mut e.hit.hit;
             let current = u32::try_from(h.rule_version).is_ok_and(|v| rules.position(&h.rule, v).is_some());
-            if !h.retracted && h.event_time >= lo && current && !live.contains(id) {
+            if !h.retracted && h.event_time >= lo && current && !live.contains(&h.hit_id) {
                 h.version = (h.version + 1).max(floor);
                 h.retracted = true;
                 retracted.push(e.hit.clone());
@@ -542,7 +549,7 @@ impl Detector {
         let floor = self.version_floor;
         let c = &mut self.customers[idx];
         let mut reemit = Vec::new();
-        for e in c.emitted.values_mut() {
+        for e in c.emitted.0.iter_mut() {
             let h = &mut e.hit.hit;
             if h.retracted || h.event_time < lo {
                 continue;
@@ -624,7 +631,7 @@ impl Detector {
         let Some(&idx) = self.index.get(customer) else { return };
         let floor = self.version_floor;
         let mut retracted: Vec<DetectedHit> =
-            self.customers[idx].emitted.values().filter(|e| !e.hit.hit.retracted).map(|e| e.hit.clone()).collect();
+            self.customers[idx].emitted.0.iter().filter(|e| !e.hit.hit.retracted).map(|e| e.hit.clone()).collect();
         retracted.sort_by(|a, b| emission_order(a).cmp(&emission_order(b)));
         for mut r in retracted {
             r.hit.version = (r.hit.version + 1).max(floor);
@@ -707,7 +714,7 @@ impl Detector {
                     }
                 })
                 .collect(),
-            emitted: c.emitted.values().cloned().collect(),
+            emitted: c.emitted.0.clone(),
         })
     }
 
@@ -752,7 +759,10 @@ impl Detector {
                 })
             })
             .collect();
-        c.emitted = snap.emitted.into_iter().map(|e| (e.hit.hit.hit_id.clone(), e)).collect();
+        c.emitted.0.clear();
+        for e in snap.emitted {
+            c.emitted.insert(e);
+        }
         self.settle_at(idx, i64::MIN);
         // Restored state is what the checkpoint already holds.
         if let Some(&idx) = self.index.get(snap.key.as_str()) {
@@ -863,15 +873,42 @@ fn emission_order(h: &DetectedHit) -> (i64, &str, &str) {
     (h.hit.event_time, &h.hit.rule, &h.hit.trigger_event_id)
 }
 
+/// The last emitted record of each hit id of a customer, sorted by hit id: a customer has a
+/// handful at most, so a sorted vector beats a map (a B-tree leaf alone holds eleven records).
+#[derive(Debug, Default)]
+struct Emitted(Vec<EmittedHit>);
+
+impl Emitted {
+    fn find(&self, hit_id: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|e| e.hit.hit.hit_id.as_str().cmp(hit_id))
+    }
+
+    fn get(&self, hit_id: &str) -> Option<&EmittedHit> {
+        self.find(hit_id).ok().map(|i| &self.0[i])
+    }
+
+    /// Inserts or replaces the record of its hit id.
+    fn insert(&mut self, e: EmittedHit) {
+        match self.find(&e.hit.hit.hit_id) {
+            Ok(i) => self.0[i] = e,
+            Err(i) => self.0.insert(i, e),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
 /// Emits `hit` unless the same content was the last emission of its id; versions grow.
-fn put(emitted: &mut BTreeMap<String, EmittedHit>, floor: i64, mut hit: DetectedHit, trigger_time: i64, out: &mut Vec<DetectedHit>) {
+fn put(emitted: &mut Emitted, floor: i64, mut hit: DetectedHit, trigger_time: i64, out: &mut Vec<DetectedHit>) {
     match emitted.get(&hit.hit.hit_id) {
         Some(prev) if !prev.hit.hit.retracted && same_content(&prev.hit, &hit) => return,
         Some(prev) => hit.hit.version = (prev.hit.hit.version + 1).max(floor),
         None => hit.hit.version = floor,
     }
     out.push(hit.clone());
-    emitted.insert(hit.hit.hit_id.clone(), EmittedHit { hit, trigger_time });
+    emitted.insert(EmittedHit { hit, trigger_time });
 }
 
 fn same_content(a: &DetectedHit, b: &DetectedHit) -> bool {
