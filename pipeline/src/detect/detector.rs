@@ -17,7 +17,7 @@
 //! `retracted = true` (kept as tombstones so a re-appearance gets a still higher version).
 
 use super::eval::{absence_open, build_hit, completes, detection_time, hit_at, Bits, DetectEvent, Described, Found, WordHash};
-use super::stored::{EventId, Kept, Symbols};
+use super::stored::{InlineStr, Kept, Symbols};
 use super::rules::{RuleSet, Shape};
 use super::DetectedHit;
 use crate::sessionize::Sessionizer;
@@ -94,14 +94,14 @@ struct Pending {
     deadline: i64,
     rule: usize,
     time: i64,
-    id: EventId,
+    id: InlineStr,
     session: Option<String>,
 }
 
 #[derive(Debug, Default)]
 struct CustomerState {
-    /// Shared with the index.
-    key: Arc<str>,
+    /// Canonical customer key (also in the index).
+    key: InlineStr,
     /// Kept events, sorted by (time, id).
     events: Vec<Kept>,
     /// Absence triggers whose window is still open.
@@ -122,7 +122,8 @@ pub struct Detector {
     /// Pruning deadlines are rounded up to a multiple of this, so that a customer's expiries
     /// coalesce into few timer firings (state is kept at most this much longer).
     prune_grid_ms: i64,
-    index: HashMap<Arc<str>, usize, BuildHasherDefault<WordHash>>,
+    /// Customer key -> slot; keys are inline, so a probe compares without following a pointer.
+    index: HashMap<InlineStr, usize, BuildHasherDefault<WordHash>>,
     customers: Vec<CustomerState>,
     /// Field values of the retained events.
     symbols: Symbols,
@@ -223,7 +224,7 @@ impl Detector {
             let c = &mut self.customers[idx];
             if c.dirty {
                 c.dirty = false;
-                keys.push(c.key.to_string());
+                keys.push(c.key.as_str().to_string());
             }
         }
         sort_keys(&mut keys);
@@ -240,10 +241,10 @@ impl Detector {
     }
 
     fn slot_for(&mut self, customer: &str) -> usize {
-        if let Some(&i) = self.index.get(customer) {
+        if let Some(&i) = self.index.get(customer.as_bytes()) {
             return i;
         }
-        let key: Arc<str> = Arc::from(customer);
+        let key = InlineStr::new(customer);
         let i = match self.free.pop() {
             Some(i) => {
                 // A released slot keeps its (empty) buffers, saving their allocation.
@@ -272,8 +273,8 @@ impl Detector {
         c.emitted.0.clear();
         c.timer = None;
         c.dirty = false;
-        self.index.remove(&key);
-        self.dirty_removed.push(key.to_string());
+        self.index.remove(key.as_bytes());
+        self.dirty_removed.push(key.as_str().to_string());
         self.free.push(idx);
     }
 
@@ -345,7 +346,7 @@ impl Detector {
         if self.too_late(time) {
             return;
         }
-        if let Some(&idx) = self.index.get(customer) {
+        if let Some(&idx) = self.index.get(customer.as_bytes()) {
             if self.customers[idx].events.last().is_some_and(|l| l.key() > (time, id.as_bytes())) {
                 self.refresh_sessions(idx, sessions, out);
             }
@@ -354,7 +355,7 @@ impl Detector {
 
     /// Inserts an event that some rule matches and is not too late.
     fn admit_matched(&mut self, customer: &str, ev: Kept, sessions: &dyn SessionLookup, out: &mut Vec<DetectedHit>) -> bool {
-        let idx = match self.index.get(customer) {
+        let idx = match self.index.get(customer.as_bytes()) {
             Some(&idx) => idx,
             None => self.slot_for(customer),
         };
@@ -409,15 +410,15 @@ impl Detector {
             }
             if let Shape::Absence { .. } = r.shape {
                 let deadline = ev.time.saturating_add(r.within_ms);
-                let session = sessions.session_of(&c.key, ev.time, ev.id.as_str());
+                let session = sessions.session_of(c.key.as_str(), ev.time, ev.id.as_str());
                 if c.pending.capacity() == 0 {
                     c.pending.reserve_exact(1);
                 }
                 c.pending.push(Pending { deadline, rule: ri, time: ev.time, id: ev.id.clone(), session });
                 next = next.min(deadline);
             } else if let Some(matched) = hit_at(rules, ri, &c.events, k) {
-                let session = sessions.session_of(&c.key, ev.time, ev.id.as_str());
-                let hit = build_hit(rules, &c.key, &c.events, &Found { rule: ri, matched }, session, describe(symbols));
+                let session = sessions.session_of(c.key.as_str(), ev.time, ev.id.as_str());
+                let hit = build_hit(rules, c.key.as_str(), &c.events, &Found { rule: ri, matched }, session, describe(symbols));
                 next = next.min(grid_up(hit.hit.event_time.saturating_add(horizon), grid));
                 put(&mut c.emitted, floor, hit, ev.time, out);
             }
@@ -507,14 +508,14 @@ impl Detector {
                 let det = detection_time(&rules, ri, ev.time);
                 let old_hint = c.pending.iter().find(|p| p.rule == ri && p.id == ev.id).and_then(|p| p.session.clone());
                 if matches!(r.shape, Shape::Absence { .. }) && det >= wm && ev.time > idle {
-                    let session = sessions.session_of(&c.key, ev.time, ev.id.as_str()).or(old_hint);
+                    let session = sessions.session_of(c.key.as_str(), ev.time, ev.id.as_str()).or(old_hint);
                     pending.push(Pending { deadline: det, rule: ri, time: ev.time, id: ev.id.clone(), session });
                     continue;
                 }
                 let f = Found { rule: ri, matched };
-                let mut hit = build_hit(&rules, &c.key, evs, &f, None, describe(symbols));
+                let mut hit = build_hit(&rules, c.key.as_str(), evs, &f, None, describe(symbols));
                 hit.hit.session_id = sessions
-                    .session_of(&c.key, ev.time, ev.id.as_str())
+                    .session_of(c.key.as_str(), ev.time, ev.id.as_str())
                     .or_else(|| c.emitted.get(&hit.hit.hit_id).and_then(|e| e.hit.hit.session_id.clone()))
                     .or(old_hint);
                 computed.push((det, ri, k, hit));
@@ -554,7 +555,7 @@ impl Detector {
             if h.retracted || h.event_time < lo {
                 continue;
             }
-            if let Some(s) = sessions.session_of(&c.key, e.trigger_time, &h.trigger_event_id) {
+            if let Some(s) = sessions.session_of(c.key.as_str(), e.trigger_time, &h.trigger_event_id) {
                 if h.session_id.as_deref() != Some(s.as_str()) {
                     h.session_id = Some(s);
                     h.version = (h.version + 1).max(floor);
@@ -566,7 +567,7 @@ impl Detector {
         reemit.sort_by(|a, b| emission_order(a).cmp(&emission_order(b)));
         out.extend(reemit);
         for p in &mut c.pending {
-            if let Some(s) = sessions.session_of(&c.key, p.time, p.id.as_str()) {
+            if let Some(s) = sessions.session_of(c.key.as_str(), p.time, p.id.as_str()) {
                 changed |= p.session.as_deref() != Some(s.as_str());
                 p.session = Some(s);
             }
@@ -579,7 +580,7 @@ impl Detector {
     /// Sessions of this customer were re-cut (by a late event the detector may not keep):
     /// refreshes the session ids of its non-final hits and re-emits those that changed.
     pub fn note_recut(&mut self, customer: &str, sessions: &dyn SessionLookup, out: &mut Vec<DetectedHit>) {
-        if let Some(&idx) = self.index.get(customer) {
+        if let Some(&idx) = self.index.get(customer.as_bytes()) {
             self.refresh_sessions(idx, sessions, out);
         }
     }
@@ -616,9 +617,9 @@ impl Detector {
                 let r = &rules.compiled[p.rule];
                 let Shape::Absence { followed_by, .. } = r.shape else { continue };
                 if absence_open(r, followed_by, &c.events, t) {
-                    let session = sessions.session_of(&c.key, p.time, p.id.as_str()).or(p.session);
+                    let session = sessions.session_of(c.key.as_str(), p.time, p.id.as_str()).or(p.session);
                     let found = Found { rule: p.rule, matched: vec![t] };
-                    let hit = build_hit(&rules, &c.key, &c.events, &found, session, describe(symbols));
+                    let hit = build_hit(&rules, c.key.as_str(), &c.events, &found, session, describe(symbols));
                     put(&mut c.emitted, floor, hit, p.time, out);
                 }
             }
@@ -628,7 +629,7 @@ impl Detector {
 
     /// Identity merge: retracts every live hit of `customer` (emitted before) and drops its state.
     pub fn take_customer(&mut self, customer: &str, out: &mut Vec<DetectedHit>) {
-        let Some(&idx) = self.index.get(customer) else { return };
+        let Some(&idx) = self.index.get(customer.as_bytes()) else { return };
         let floor = self.version_floor;
         let mut retracted: Vec<DetectedHit> =
             self.customers[idx].emitted.0.iter().filter(|e| !e.hit.hit.retracted).map(|e| e.hit.clone()).collect();
@@ -696,9 +697,9 @@ impl Detector {
 
     /// A customer's state, if it has any.
     pub fn snapshot(&self, customer: &str) -> Option<DetectSnapshot> {
-        let c = &self.customers[*self.index.get(customer)?];
+        let c = &self.customers[*self.index.get(customer.as_bytes())?];
         Some(DetectSnapshot {
-            key: c.key.to_string(),
+            key: c.key.as_str().to_string(),
             events: c.events.iter().map(|k| k.to_detect_event(&self.symbols)).collect(),
             pending: c
                 .pending
@@ -722,7 +723,7 @@ impl Detector {
     /// against the current rules. Absence windows the watermark already closed are emitted
     /// by the next [`Detector::advance`].
     pub fn restore(&mut self, snap: DetectSnapshot) {
-        if let Some(&idx) = self.index.get(snap.key.as_str()) {
+        if let Some(&idx) = self.index.get(snap.key.as_bytes()) {
             self.release(idx);
         }
         let rules = Arc::clone(&self.rules);
@@ -754,7 +755,7 @@ impl Detector {
                     deadline: p.trigger_time.saturating_add(r.within_ms),
                     rule: ri,
                     time: p.trigger_time,
-                    id: EventId::new(&p.trigger_id),
+                    id: InlineStr::new(&p.trigger_id),
                     session: p.session_hint,
                 })
             })
@@ -765,7 +766,7 @@ impl Detector {
         }
         self.settle_at(idx, i64::MIN);
         // Restored state is what the checkpoint already holds.
-        if let Some(&idx) = self.index.get(snap.key.as_str()) {
+        if let Some(&idx) = self.index.get(snap.key.as_bytes()) {
             self.customers[idx].dirty = false;
         }
         self.dirty_removed.retain(|k| *k != snap.key);

@@ -92,40 +92,69 @@ impl Symbols {
     }
 }
 
-/// Inline event ids up to this many bytes (a generated id has 18 to 23).
+/// Inline strings up to this many bytes (a generated event id has 18 to 23, a customer key
+/// 10 to 20, a phone pseudonym key more).
 const INLINE: usize = 23;
 
-/// An event id, inline when it fits (padded with 0xff, which UTF-8 never contains), else boxed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum EventId {
+/// A short string (event id, customer key), inline when it fits (padded with 0xff, which
+/// UTF-8 never contains), else boxed: no allocation, and no pointer to follow when compared.
+/// Equality and hashing are those of its bytes, so a map keyed by it is searched by `&[u8]`.
+#[derive(Debug, Clone)]
+pub(crate) enum InlineStr {
     Inline([u8; INLINE]),
     Boxed(Box<str>),
 }
 
-impl EventId {
-    pub(crate) fn new(id: &str) -> EventId {
+impl Default for InlineStr {
+    fn default() -> InlineStr {
+        InlineStr::Inline([0xff; INLINE])
+    }
+}
+
+impl PartialEq for InlineStr {
+    fn eq(&self, other: &InlineStr) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for InlineStr {}
+
+impl std::hash::Hash for InlineStr {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_bytes().hash(state);
+    }
+}
+
+impl std::borrow::Borrow<[u8]> for InlineStr {
+    fn borrow(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl InlineStr {
+    pub(crate) fn new(id: &str) -> InlineStr {
         let b = id.as_bytes();
         if b.len() <= INLINE {
             let mut a = [0xffu8; INLINE];
             a[..b.len()].copy_from_slice(b);
-            EventId::Inline(a)
+            InlineStr::Inline(a)
         } else {
-            EventId::Boxed(id.into())
+            InlineStr::Boxed(id.into())
         }
     }
 
     pub(crate) fn as_bytes(&self) -> &[u8] {
         match self {
-            EventId::Inline(a) => &a[..a.iter().position(|&b| b == 0xff).unwrap_or(INLINE)],
-            EventId::Boxed(s) => s.as_bytes(),
+            InlineStr::Inline(a) => &a[..a.iter().position(|&b| b == 0xff).unwrap_or(INLINE)],
+            InlineStr::Boxed(s) => s.as_bytes(),
         }
     }
 
     pub(crate) fn as_str(&self) -> &str {
         match self {
             // The bytes were copied from a `str` up to the padding: always valid UTF-8.
-            EventId::Inline(_) => std::str::from_utf8(self.as_bytes()).unwrap_or_default(),
-            EventId::Boxed(s) => s,
+            InlineStr::Inline(_) => std::str::from_utf8(self.as_bytes()).unwrap_or_default(),
+            InlineStr::Boxed(s) => s,
         }
     }
 }
@@ -138,7 +167,7 @@ pub(crate) struct Kept {
     /// Dropped once the watermark is past this: time + horizon + longest window it matters to.
     pub expires: i64,
     pub bits: Bits,
-    pub id: EventId,
+    pub id: InlineStr,
     pub channel: Channel,
     /// Symbols: event type, outcome, topic, line, region, agent id (`NONE` for null).
     fields: [u32; 6],
@@ -172,7 +201,7 @@ impl Kept {
             time: e.event_time,
             expires,
             bits,
-            id: EventId::new(&e.event_id),
+            id: InlineStr::new(&e.event_id),
             channel: e.channel,
             fields: [
                 syms.of(&e.event_type),
@@ -192,7 +221,7 @@ impl Kept {
             time: ev.time,
             expires,
             bits,
-            id: EventId::new(&ev.id),
+            id: InlineStr::new(&ev.id),
             channel: ev.channel,
             fields: [
                 syms.of(&ev.event_type),
