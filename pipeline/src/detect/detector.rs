@@ -110,8 +110,8 @@ struct CustomerState {
     emitted: Emitted,
     /// Deadline in the timer set, if any.
     timer: Option<i64>,
-    /// Listed in `Detector::dirty_slots`.
-    dirty: bool,
+    /// Its key is in `Detector::dirty_keys` if this equals `Detector::dirty_epoch`.
+    dirty_epoch: u64,
 }
 
 /// The per-partition scenario detector (see the module docs for semantics and bounds).
@@ -135,7 +135,11 @@ pub struct Detector {
     /// watermark has not passed it: the partition went quiet ([`Detector::close_idle`]).
     idle_closed_upto: i64,
     version_floor: i64,
-    dirty_slots: Vec<usize>,
+    /// Changed since the last [`Detector::take_dirty`]: the keys are copied when a customer is
+    /// first marked, while its state is in cache, rather than read back from thousands of
+    /// cold slots at the flush; taking them starts a new epoch, which unmarks every slot.
+    dirty_keys: Vec<String>,
+    dirty_epoch: u64,
     dirty_removed: Vec<String>,
 }
 
@@ -154,7 +158,8 @@ impl Detector {
             watermark: i64::MIN,
             idle_closed_upto: i64::MIN,
             version_floor: 1,
-            dirty_slots: Vec::new(),
+            dirty_keys: Vec::new(),
+            dirty_epoch: 1,
             dirty_removed: Vec::new(),
         }
     }
@@ -218,15 +223,9 @@ impl Detector {
 
     /// Keys whose state changed since the last call (checkpointing), and forgets them.
     pub fn take_dirty(&mut self) -> Vec<String> {
-        let mut keys = std::mem::take(&mut self.dirty_removed);
-        keys.reserve(self.dirty_slots.len());
-        for idx in self.dirty_slots.drain(..) {
-            let c = &mut self.customers[idx];
-            if c.dirty {
-                c.dirty = false;
-                keys.push(c.key.as_str().to_string());
-            }
-        }
+        let mut keys = std::mem::take(&mut self.dirty_keys);
+        keys.append(&mut self.dirty_removed);
+        self.dirty_epoch += 1;
         sort_keys(&mut keys);
         keys.dedup();
         keys
@@ -234,9 +233,9 @@ impl Detector {
 
     fn mark_dirty(&mut self, idx: usize) {
         let c = &mut self.customers[idx];
-        if !c.dirty {
-            c.dirty = true;
-            self.dirty_slots.push(idx);
+        if c.dirty_epoch != self.dirty_epoch {
+            c.dirty_epoch = self.dirty_epoch;
+            self.dirty_keys.push(c.key.as_str().to_string());
         }
     }
 
@@ -272,7 +271,7 @@ impl Detector {
         }
         c.emitted.0.clear();
         c.timer = None;
-        c.dirty = false;
+        c.dirty_epoch = 0;
         self.index.remove(key.as_bytes());
         self.dirty_removed.push(key.as_str().to_string());
         self.free.push(idx);
@@ -767,9 +766,10 @@ impl Detector {
         self.settle_at(idx, i64::MIN);
         // Restored state is what the checkpoint already holds.
         if let Some(&idx) = self.index.get(snap.key.as_bytes()) {
-            self.customers[idx].dirty = false;
+            self.customers[idx].dirty_epoch = 0;
         }
         self.dirty_removed.retain(|k| *k != snap.key);
+        self.dirty_keys.retain(|k| *k != snap.key);
     }
 
     /// Emits everything as if event time had ended (end of a replay, tests); pruning then
