@@ -91,7 +91,7 @@ impl Pseudonyms for &Pseudonymizer {
 
 impl Pseudonyms for &mut PseudonymCache {
     fn pseudonym(&mut self, raw: &str) -> String {
-        hex16(&self.digest(raw))
+        self.hash(raw)
     }
 
     fn pseudonym_into(&mut self, raw: &str, out: &mut String) {
@@ -161,6 +161,11 @@ impl PseudonymCache {
         let d = self.pseudo.digest(value);
         *slot = Some((fp, d));
         d
+    }
+
+    /// [`Pseudonymizer::hash`] of `value`, from the cache when it is there.
+    pub fn hash(&mut self, value: &str) -> String {
+        hex16(&self.digest(value))
     }
 
     /// Lookups answered from the cache and lookups that computed the HMAC.

@@ -18,7 +18,7 @@ pub mod stitch;
 
 use crate::config::Config;
 use crate::detect::{DetectedHit, Detector, RuleSet};
-use crate::pii::{self, PseudonymCache, Pseudonymizer};
+use crate::pii::{PseudonymCache, Pseudonymizer};
 use crate::sessionize::{Admission, Emitted, SessionEvent, SessionParams, Sessionizer};
 use crate::sink::clickhouse::{batch_token, client, Backoff, ClickHouseSink, EventRow, HitRow, SessionRow};
 use crate::Error;
@@ -383,7 +383,7 @@ impl Processor {
         match st.sessionizer.admit(&customer, sev, &mut self.emitted) {
             Admission::Accepted => {
                 st.detector.admit_event(&customer, &event, &st.sessionizer, &mut self.emitted_hits);
-                let hash = event.msisdn.as_deref().map(|m| pii::hex16(&self.pseudo.digest(m))).unwrap_or_default();
+                let hash = event.msisdn.as_deref().map(|m| self.pseudo.hash(m)).unwrap_or_default();
                 self.event_rows.push(EventRow::from_event(event, &customer, hash, moves));
                 self.event_parts.push(partition);
                 self.buffered_bytes += 64 + 2 * payload.len();
@@ -395,7 +395,7 @@ impl Processor {
                 if moves > 0 {
                     // A moved copy supersedes the rows of the keys it moved from, even when
                     // this key already had the event (a duplicate that was keyed here directly).
-                    let hash = event.msisdn.as_deref().map(|m| pii::hex16(&self.pseudo.digest(m))).unwrap_or_default();
+                    let hash = event.msisdn.as_deref().map(|m| self.pseudo.hash(m)).unwrap_or_default();
                     self.event_rows.push(EventRow::from_event(event, &customer, hash, moves));
                     self.event_parts.push(partition);
                     self.buffered_bytes += 64 + 2 * payload.len();
