@@ -134,16 +134,12 @@ pub fn session_hash(customer: &str, first_event_id: &str) -> (u64, u64) {
     (h0, h1)
 }
 
-/// `format!("{h0:016x}{h1:016x}")`, spelled out.
+/// `format!("{h0:016x}{h1:016x}")`: the hex of the two hashes' big-endian bytes.
 fn session_id_text((h0, h1): (u64, u64)) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut id = String::with_capacity(32);
-    for h in [h0, h1] {
-        for shift in (0..16).rev() {
-            id.push(DIGITS[((h >> (4 * shift)) & 0xf) as usize] as char);
-        }
-    }
-    id
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&h0.to_be_bytes());
+    bytes[8..].copy_from_slice(&h1.to_be_bytes());
+    crate::pii::hex16(&bytes)
 }
 
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
