@@ -24,6 +24,28 @@ pub use config::Config;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// An event for unit tests: the given id, time (also its ingest time), channel and type, and
+/// no optional field set.
+#[cfg(test)]
+pub(crate) fn test_event(id: &str, time: i64, channel: journey_schemas::Channel, event_type: &str) -> journey_schemas::ChannelEvent {
+    journey_schemas::ChannelEvent {
+        event_id: id.to_string(),
+        event_time: time,
+        ingest_time: time,
+        channel,
+        event_type: event_type.to_string(),
+        customer_id: None,
+        msisdn: None,
+        app_instance_id: None,
+        topic: None,
+        outcome: None,
+        line: None,
+        agent_id: None,
+        attrs: Default::default(),
+        region: None,
+    }
+}
+
 /// The one error type of the pipeline crate.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

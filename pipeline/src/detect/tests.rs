@@ -9,22 +9,7 @@ const MIN: i64 = 60_000;
 const HOUR: i64 = 60 * MIN;
 
 fn raw(time: i64, id: &str, channel: Channel, event_type: &str) -> ChannelEvent {
-    ChannelEvent {
-        event_id: id.to_string(),
-        event_time: time,
-        ingest_time: time,
-        channel,
-        event_type: event_type.to_string(),
-        customer_id: Some("c1".into()),
-        msisdn: None,
-        app_instance_id: None,
-        topic: None,
-        outcome: None,
-        line: None,
-        agent_id: None,
-        attrs: Default::default(),
-        region: None,
-    }
+    ChannelEvent { customer_id: Some("c1".into()), ..crate::test_event(id, time, channel, event_type) }
 }
 
 fn ev(rules: &RuleSet, time: i64, id: &str, channel: Channel, event_type: &str, topic: Option<&str>, outcome: Option<&str>) -> DetectEvent {

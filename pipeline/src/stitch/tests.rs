@@ -138,20 +138,10 @@ proptest! {
 
 fn event_with(customer: Option<&str>, msisdn: Option<&str>, app: Option<&str>) -> ChannelEvent {
     ChannelEvent {
-        event_id: "e".into(),
-        event_time: 0,
-        ingest_time: 0,
-        channel: journey_schemas::Channel::App,
-        event_type: "t".into(),
         customer_id: customer.map(Into::into),
         msisdn: msisdn.map(Into::into),
         app_instance_id: app.map(Into::into),
-        topic: None,
-        outcome: None,
-        line: None,
-        agent_id: None,
-        attrs: Default::default(),
-        region: None,
+        ..crate::test_event("e", 0, journey_schemas::Channel::App, "t")
     }
 }
 
