@@ -17,7 +17,10 @@
 #   down     stop what infra.sh started (TERM, then KILL after 30 s)
 #   status   one line per service
 #
-# Every step is idempotent. Data survives down/up except Tansu's (memory).
+# Every step is idempotent. Data survives down/up except Tansu's (memory), and except
+# Kafka's when JOURNEY_KAFKA_FRESH=1 (scripts/test.sh sets it: tests use topics of their
+# own, and noida-db keeps every record of every topic in one file that it reads whole at
+# start, which after many runs takes longer than the start allows).
 # JOURNEY_WAIT_S (default 60) bounds each wait for a service.
 set -euo pipefail
 
@@ -187,6 +190,10 @@ up_kafka() {
     local pid
     if ! pid="$(kafka_pid)"; then
         ensure_port_free kafka "$JOURNEY_KAFKA_PORT" JOURNEY_KAFKA_PORT
+        if [[ "${JOURNEY_KAFKA_FRESH:-0}" == 1 && -e "$KAFKA_DIR/kafka.json" ]]; then
+            log "discarding kafka's stored topics (JOURNEY_KAFKA_FRESH=1)"
+            rm -f "$KAFKA_DIR/kafka.json"
+        fi
         log "starting kafka on $JOURNEY_KAFKA_BROKERS"
         noida up --only kafka --data-dir "$KAFKA_DIR" --kafka-port "$JOURNEY_KAFKA_PORT" >/dev/null ||
             die "noida-db up failed; see $KAFKA_DIR/noida.log"

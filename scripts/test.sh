@@ -18,7 +18,8 @@ before="$(running_services | tr '\n' ' ')"
 trap 'stop_started $before' EXIT
 JOURNEY_BIN="$(JOURNEY_PROFILE=dev journey_bin)"
 export JOURNEY_BIN
-"$JOURNEY_REPO/scripts/infra.sh" up
+# A broker this script starts begins empty (see infra.sh); one already running is used as it is.
+JOURNEY_KAFKA_FRESH=1 "$JOURNEY_REPO/scripts/infra.sh" up
 ensure_pii_key
 export JOURNEY_TEST_KAFKA="$JOURNEY_KAFKA_BROKERS"
 export JOURNEY_TEST_TANSU="$JOURNEY_TANSU_BROKERS"
