@@ -6,7 +6,11 @@
 //! records before them, (2) Kafka acknowledged every session, dead letter and late record
 //! derived from them, and (3) no open (not yet emitted) session still depends on them: the
 //! commit point of a partition is the smallest offset among events of its open sessions. A
-//! crash therefore replays from there and loses nothing.
+//! crash therefore replays from there and loses nothing. What the processor emits is a function
+//! of the log alone: the one decision taken on the wall clock, closing a partition that went
+//! idle, is itself written to the log first (a control record, see [`Processor::on_idle_tick`])
+//! and acted on when read back, so a replay emits again exactly what the crashed run emitted
+//! (and can retract it if a later record says so).
 //!
 //! Ordering: per input partition, events are processed in offset order; event-time order is
 //! rebuilt by the sessionizer. Kafka polling is async (rdkafka's StreamConsumer); the per-event
@@ -99,6 +103,8 @@ struct PartitionState {
     committed: i64,
     max_event_time: i64,
     last_event_wall: Instant,
+    /// When an idle close was last requested (its control record not yet read back).
+    idle_requested: Option<Instant>,
     /// Keys merged into another customer: old key -> (new key, max event time when merged).
     /// Records still arriving under an old key are re-published under the new one; an entry
     /// is dropped once event time has passed the correction horizon after the merge.
@@ -121,6 +127,7 @@ impl PartitionState {
             committed: -1,
             max_event_time: i64::MIN,
             last_event_wall: Instant::now(),
+            idle_requested: None,
             forwards: HashMap::new(),
             upstream: HashMap::new(),
             upstream_count: 0,
@@ -161,6 +168,11 @@ pub enum Control {
         /// The whole upstream stage was quiet (see [`stitch::WM_QUIET_HEADER`]).
         quiet: bool,
     },
+    /// The partition was idle up to this event time (see [`stitch::CONTROL_IDLE`]).
+    Idle {
+        /// Latest event time the partition had seen when it was found idle.
+        upto: i64,
+    },
 }
 
 /// Header counting how many times a keyed record moved to another customer key.
@@ -196,6 +208,7 @@ pub fn control_of(headers: Option<&rdkafka::message::BorrowedHeaders>) -> Option
             time: text(stitch::WM_TIME_HEADER)?.parse().ok()?,
             quiet: text(stitch::WM_QUIET_HEADER).is_some_and(|v| v == "1"),
         }),
+        stitch::CONTROL_IDLE => Some(Control::Idle { upto: text(stitch::WM_TIME_HEADER)?.parse().ok()? }),
         _ => None,
     }
 }
@@ -351,6 +364,15 @@ impl Processor {
                 }
                 return;
             }
+            Some(Control::Idle { upto }) => {
+                let st = self.partitions.get_mut(&partition).expect("inserted above");
+                st.idle_requested = None;
+                let wm = upto.saturating_add(self.params.gap_ms).saturating_add(1);
+                st.detector.advance(wm, &st.sessionizer, &mut self.emitted_hits);
+                st.detector.close_idle(upto, &st.sessionizer, &mut self.emitted_hits);
+                st.sessionizer.advance(wm, &mut self.emitted);
+                return;
+            }
             None => {}
         }
         if let Some((to, _)) = self.partitions.get(&partition).and_then(|st| st.forwards.get(key_str)) {
@@ -435,29 +457,33 @@ impl Processor {
         tracing::debug!(events = events.len(), "customer key re-attributed");
     }
 
-    /// Closes the sessions of partitions that received nothing at all (no event, no upstream
-    /// watermark) for `idle_timeout` of wall-clock time: their watermark passes every event
-    /// seen by `gap`, so no session waits for an event that may never come. (While the stitch
-    /// stage runs with data it sends watermarks every flush, so this only fires when upstream
-    /// is silent, e.g. after a restart on a drained topic.)
-    pub fn on_idle_tick(&mut self) {
+    /// Finds the partitions that received nothing at all (no event, no upstream watermark)
+    /// for `idle_timeout` of wall-clock time while sessions are open, and asks for them to be
+    /// closed: their watermark is to pass every event seen by `gap`, so no session waits for
+    /// an event that may never come. (While the stitch stage runs with data it sends
+    /// watermarks every flush, so this only fires when upstream is silent, e.g. after a restart
+    /// on a drained topic.)
+    ///
+    /// Nothing is closed here: a control record ([`stitch::CONTROL_IDLE`]) goes to the
+    /// partition itself and the close happens when it is read back, at its place in the log.
+    /// Closing on the wall clock directly would emit records that a replay after a crash
+    /// might never emit again (and so never retract, should a later event change them).
+    /// A request is repeated if its record has not come back within five idle timeouts.
+    pub fn on_idle_tick(&mut self, producer: &FutureProducer) {
         let idle = self.cfg.process.idle_timeout;
-        let gap = self.params.gap_ms;
-        let quiet: Vec<i32> = self
-            .partitions
-            .iter()
-            .filter(|(_, st)| st.last_event_wall.elapsed() >= idle && st.sessionizer.has_open_sessions() && st.max_event_time != i64::MIN)
-            .map(|(&p, _)| p)
-            .collect();
-        for p in quiet {
-            let st = self.partitions.get_mut(&p).expect("listed above");
-            st.sessionizer.set_version_floor(version_at(st.next_offset));
-            st.detector.set_version_floor(version_at(st.next_offset));
-            let wm = st.max_event_time.saturating_add(gap).saturating_add(1);
-            st.detector.advance(wm, &st.sessionizer, &mut self.emitted_hits);
-            st.detector.close_idle(st.max_event_time, &st.sessionizer, &mut self.emitted_hits);
-            st.sessionizer.advance(wm, &mut self.emitted);
-            self.tag_emitted(p);
+        let topic = self.cfg.topics.keyed.clone();
+        for (&p, st) in &mut self.partitions {
+            let quiet = st.last_event_wall.elapsed() >= idle && st.sessionizer.has_open_sessions() && st.max_event_time != i64::MIN;
+            if !quiet || st.idle_requested.is_some_and(|at| at.elapsed() < idle * 5) {
+                continue;
+            }
+            st.idle_requested = Some(Instant::now());
+            let upto = st.max_event_time.to_string();
+            let headers = OwnedHeaders::new()
+                .insert(Header { key: stitch::CONTROL_HEADER, value: Some(stitch::CONTROL_IDLE) })
+                .insert(Header { key: stitch::WM_TIME_HEADER, value: Some(upto.as_str()) });
+            send(&mut self.pending, producer, FutureRecord::to(&topic).partition(p).payload(&[][..]).key(&[][..]).headers(headers));
+            tracing::debug!(partition = p, upto = %upto, "partition idle: close requested");
         }
     }
 
@@ -791,7 +817,7 @@ pub async fn process(
                 proc.handle(&producer, msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.payload().unwrap_or(&[]), control, moves);
             }
             _ = tick.tick() => {
-                proc.on_idle_tick();
+                proc.on_idle_tick(&producer);
                 proc.reload_rules_if_due();
             }
             _ = &mut shutdown => {

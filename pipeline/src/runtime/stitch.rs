@@ -55,6 +55,11 @@ pub const WM_PARTITIONS_HEADER: &str = "journey.wm.partitions";
 /// Watermark, epoch ms: no event of that raw partition older than this is still expected
 /// (except late ones).
 pub const WM_TIME_HEADER: &str = "journey.wm.time";
+/// Control kind, sent by the processor to its own keyed partition: the partition received
+/// nothing for `idle_timeout`, so close what is open up to the event time in [`WM_TIME_HEADER`]
+/// (the latest seen then). The decision is taken on wall-clock time but acted on only when the
+/// record is read back, at its place in the log, so a replay after a crash repeats it exactly.
+pub const CONTROL_IDLE: &str = "idle";
 /// Present (`1`) when the whole stitch stage was quiet for `idle_timeout`: event time is then
 /// taken to have passed every open window (sessions and absence rules) of what was seen.
 pub const WM_QUIET_HEADER: &str = "journey.wm.quiet";
