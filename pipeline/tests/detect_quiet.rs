@@ -80,3 +80,26 @@ fn quiet_closes_open_absence_windows_and_a_late_follower_still_cancels() {
     assert_eq!((out[2].hit.trigger_event_id.as_str(), out[2].hit.retracted), ("t2", false));
     assert_eq!(d.idle_closed_upto(), T0 + H);
 }
+
+#[test]
+fn a_follower_cancels_an_early_hit_restored_without_its_quiet_point() {
+    // A checkpoint is many records; a crash can land between the customer's snapshot (which
+    // holds the hit the quiet close emitted) and the partition's clock record (which says the
+    // partition was closed by quiet). The customer's own state must be enough to retract.
+    let rules = rules();
+    let mut d = Detector::new(rules.clone(), 24 * H);
+    let mut out = Vec::new();
+    admit(&mut d, &rules, event("t1", T0, "contact.start", None), &mut out);
+    d.advance(T0 + H, &NoSessions, &mut out);
+    d.close_idle(T0 + H, &NoSessions, &mut out);
+    assert_eq!(out.len(), 1);
+    let snap = d.snapshot("C1").expect("the customer has state");
+
+    let mut restored = Detector::new(rules.clone(), 24 * H);
+    restored.restore_watermark(d.watermark());
+    restored.restore(snap);
+    let mut out2 = Vec::new();
+    admit(&mut restored, &rules, event("f1", T0 + 2 * H, "call.end", Some("resolved")), &mut out2);
+    assert_eq!(out2.len(), 1, "the follower must retract the restored early hit: {out2:#?}");
+    assert!(out2[0].hit.retracted && out2[0].hit.hit_id == out[0].hit.hit_id && out2[0].hit.version > out[0].hit.version);
+}

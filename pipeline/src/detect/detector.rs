@@ -358,7 +358,12 @@ impl Detector {
         // window not yet passed by the watermark): such events take the recomputing path.
         let after_quiet =
             self.idle_closed_upto != i64::MIN && ev.time <= self.idle_closed_upto.saturating_add(self.rules.max_absence_window_ms());
-        let in_order = pos == c.events.len() && ev.time >= self.watermark && !after_quiet;
+        // The same, from the customer's own state: a live hit detected at or after this event
+        // (an absence hit fired before its window had passed in event time) may be one this
+        // event cancels. A restore can bring such a hit back without the partition's quiet
+        // point (a crash between the two checkpoint records), so this does not rely on it.
+        let may_cancel = c.emitted.values().any(|e| !e.hit.hit.retracted && e.hit.hit.event_time >= ev.time);
+        let in_order = pos == c.events.len() && ev.time >= self.watermark && !after_quiet && !may_cancel;
         let expires = ev.time.saturating_add(self.horizon_ms).saturating_add(self.rules.keep_ms(&bits));
         c.events.insert(pos, Kept { m: Matched { ev, bits }, expires });
         self.mark_dirty(idx);
