@@ -16,12 +16,14 @@
 //! and emits the difference: new hits, changed ones with a higher version, vanished ones with
 //! `retracted = true` (kept as tombstones so a re-appearance gets a still higher version).
 
-use super::eval::{absence_open, build_hit, completes, detection_time, hit_at, Bits, DetectEvent, Found, Matched, View, WordHash};
+use super::eval::{absence_open, build_hit, completes, detection_time, hit_at, Bits, DetectEvent, Described, Found, WordHash};
+use super::stored::{InlineStr, Kept, Symbols};
 use super::rules::{RuleSet, Shape};
 use super::DetectedHit;
 use crate::sessionize::Sessionizer;
 use journey_schemas::ChannelEvent;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 
@@ -86,44 +88,30 @@ pub struct DetectSnapshot {
     pub emitted: Vec<EmittedHit>,
 }
 
-/// A retained event.
-#[derive(Debug, Clone)]
-struct Kept {
-    m: Matched,
-    /// Dropped once the watermark is past this: time + horizon + longest window it matters to.
-    expires: i64,
-}
-
-impl View for Kept {
-    fn mv(&self) -> &Matched {
-        &self.m
-    }
-}
-
 #[derive(Debug, Clone)]
 struct Pending {
     /// Trigger time + within; the hit is due once the watermark is past it.
     deadline: i64,
     rule: usize,
     time: i64,
-    id: Arc<str>,
+    id: InlineStr,
     session: Option<String>,
 }
 
 #[derive(Debug, Default)]
 struct CustomerState {
-    /// Shared with the index.
-    key: Arc<str>,
+    /// Canonical customer key (also in the index).
+    key: InlineStr,
     /// Kept events, sorted by (time, id).
     events: Vec<Kept>,
     /// Absence triggers whose window is still open.
     pending: Vec<Pending>,
     /// Last emitted record per hit id.
-    emitted: BTreeMap<String, EmittedHit>,
+    emitted: Emitted,
     /// Deadline in the timer set, if any.
     timer: Option<i64>,
-    /// Listed in `Detector::dirty_slots`.
-    dirty: bool,
+    /// Its key is in `Detector::dirty_keys` if this equals `Detector::dirty_epoch`.
+    dirty_epoch: u64,
 }
 
 /// The per-partition scenario detector (see the module docs for semantics and bounds).
@@ -134,17 +122,24 @@ pub struct Detector {
     /// Pruning deadlines are rounded up to a multiple of this, so that a customer's expiries
     /// coalesce into few timer firings (state is kept at most this much longer).
     prune_grid_ms: i64,
-    index: HashMap<Arc<str>, usize, BuildHasherDefault<WordHash>>,
+    /// Customer key -> slot; keys are inline, so a probe compares without following a pointer.
+    index: HashMap<InlineStr, usize, BuildHasherDefault<WordHash>>,
     customers: Vec<CustomerState>,
+    /// Field values of the retained events.
+    symbols: Symbols,
     free: Vec<usize>,
     /// (deadline, slot): the slot needs attention once the watermark is past the deadline.
-    timers: BTreeSet<(i64, usize)>,
+    timers: Timers,
     watermark: i64,
     /// Absence triggers at or before this time have their window closed although the
     /// watermark has not passed it: the partition went quiet ([`Detector::close_idle`]).
     idle_closed_upto: i64,
     version_floor: i64,
-    dirty_slots: Vec<usize>,
+    /// Changed since the last [`Detector::take_dirty`]: the keys are copied when a customer is
+    /// first marked, while its state is in cache, rather than read back from thousands of
+    /// cold slots at the flush; taking them starts a new epoch, which unmarks every slot.
+    dirty_keys: Vec<String>,
+    dirty_epoch: u64,
     dirty_removed: Vec<String>,
 }
 
@@ -157,12 +152,14 @@ impl Detector {
             prune_grid_ms: (horizon_ms / 8).clamp(1, 3_600_000),
             index: HashMap::default(),
             customers: Vec::new(),
+            symbols: Symbols::default(),
             free: Vec::new(),
-            timers: BTreeSet::new(),
+            timers: Timers::new((horizon_ms / 8).clamp(1, 3_600_000)),
             watermark: i64::MIN,
             idle_closed_upto: i64::MIN,
             version_floor: 1,
-            dirty_slots: Vec::new(),
+            dirty_keys: Vec::new(),
+            dirty_epoch: 1,
             dirty_removed: Vec::new(),
         }
     }
@@ -226,32 +223,27 @@ impl Detector {
 
     /// Keys whose state changed since the last call (checkpointing), and forgets them.
     pub fn take_dirty(&mut self) -> Vec<String> {
-        let mut keys = std::mem::take(&mut self.dirty_removed);
-        for idx in std::mem::take(&mut self.dirty_slots) {
-            let c = &mut self.customers[idx];
-            if c.dirty {
-                c.dirty = false;
-                keys.push(c.key.to_string());
-            }
-        }
-        keys.sort();
+        let mut keys = std::mem::take(&mut self.dirty_keys);
+        keys.append(&mut self.dirty_removed);
+        self.dirty_epoch += 1;
+        sort_keys(&mut keys);
         keys.dedup();
         keys
     }
 
     fn mark_dirty(&mut self, idx: usize) {
         let c = &mut self.customers[idx];
-        if !c.dirty {
-            c.dirty = true;
-            self.dirty_slots.push(idx);
+        if c.dirty_epoch != self.dirty_epoch {
+            c.dirty_epoch = self.dirty_epoch;
+            self.dirty_keys.push(c.key.as_str().to_string());
         }
     }
 
     fn slot_for(&mut self, customer: &str) -> usize {
-        if let Some(&i) = self.index.get(customer) {
+        if let Some(&i) = self.index.get(customer.as_bytes()) {
             return i;
         }
-        let key: Arc<str> = Arc::from(customer);
+        let key = InlineStr::new(customer);
         let i = match self.free.pop() {
             Some(i) => {
                 // A released slot keeps its (empty) buffers, saving their allocation.
@@ -277,11 +269,11 @@ impl Detector {
         if c.events.capacity() > 16 {
             c.events = Vec::new();
         }
-        c.emitted.clear();
+        c.emitted.0.clear();
         c.timer = None;
-        c.dirty = false;
-        self.index.remove(&key);
-        self.dirty_removed.push(key.to_string());
+        c.dirty_epoch = 0;
+        self.index.remove(key.as_bytes());
+        self.dirty_removed.push(key.as_str().to_string());
         self.free.push(idx);
     }
 
@@ -297,7 +289,13 @@ impl Detector {
             self.admit_irrelevant(customer, ev.time, &ev.id, sessions, out);
             return true;
         }
-        self.admit_matched(customer, ev, bits, sessions, out)
+        if self.too_late(ev.time) {
+            return true;
+        }
+        self.collect_symbols_if_full();
+        let expires = self.expiry(ev.time, &bits);
+        let k = Kept::from_detect_event(&ev, &mut self.symbols, bits, expires);
+        self.admit_matched(customer, k, sessions, out)
     }
 
     /// [`Detector::admit`] straight from the raw event: the fast path for the runtime, since
@@ -308,8 +306,33 @@ impl Detector {
             self.admit_irrelevant(customer, e.event_time, &e.event_id, sessions, out);
             return true;
         }
-        let ev = DetectEvent::from_event(e, &self.rules);
-        self.admit_matched(customer, ev, bits, sessions, out)
+        if self.too_late(e.event_time) {
+            return true;
+        }
+        self.collect_symbols_if_full();
+        let expires = self.expiry(e.event_time, &bits);
+        let k = Kept::from_event(e, &self.rules, &mut self.symbols, bits, expires);
+        self.admit_matched(customer, k, sessions, out)
+    }
+
+    /// When a retained event matching `bits` can be dropped (see the module docs).
+    fn expiry(&self, time: i64, bits: &Bits) -> i64 {
+        time.saturating_add(self.horizon_ms).saturating_add(self.rules.keep_ms(bits))
+    }
+
+    /// Keeps the symbol table bounded (before an event takes new symbols, so every symbol in
+    /// use is in some retained event).
+    fn collect_symbols_if_full(&mut self) {
+        if self.symbols.full() {
+            let customers = &mut self.customers;
+            self.symbols.collect(|visit| {
+                for c in customers.iter_mut() {
+                    for k in &mut c.events {
+                        visit(k);
+                    }
+                }
+            });
+        }
     }
 
     fn too_late(&self, time: i64) -> bool {
@@ -322,36 +345,27 @@ impl Detector {
         if self.too_late(time) {
             return;
         }
-        if let Some(&idx) = self.index.get(customer) {
-            if self.customers[idx].events.last().is_some_and(|l| l.m.ev.key() > (time, id.as_bytes())) {
+        if let Some(&idx) = self.index.get(customer.as_bytes()) {
+            if self.customers[idx].events.last().is_some_and(|l| l.key() > (time, id.as_bytes())) {
                 self.refresh_sessions(idx, sessions, out);
             }
         }
     }
 
-    fn admit_matched(
-        &mut self,
-        customer: &str,
-        ev: DetectEvent,
-        bits: Bits,
-        sessions: &dyn SessionLookup,
-        out: &mut Vec<DetectedHit>,
-    ) -> bool {
-        if self.too_late(ev.time) {
-            return true;
-        }
-        let idx = match self.index.get(customer) {
+    /// Inserts an event that some rule matches and is not too late.
+    fn admit_matched(&mut self, customer: &str, ev: Kept, sessions: &dyn SessionLookup, out: &mut Vec<DetectedHit>) -> bool {
+        let idx = match self.index.get(customer.as_bytes()) {
             Some(&idx) => idx,
             None => self.slot_for(customer),
         };
         let c = &mut self.customers[idx];
         let pos = match c.events.last() {
             None => 0,
-            Some(last) if last.m.ev.key() < ev.key() => c.events.len(),
-            Some(_) => c.events.partition_point(|k| k.m.ev.key() < ev.key()),
+            Some(last) if last.key() < ev.key() => c.events.len(),
+            Some(_) => c.events.partition_point(|k| k.key() < ev.key()),
         };
         // Event ids are unique, so a redelivery has the same time too: it sorts onto its copy.
-        if c.events.get(pos).is_some_and(|k| k.m.ev.id == ev.id) {
+        if c.events.get(pos).is_some_and(|k| k.id == ev.id) {
             return false;
         }
         // After a quiet close, an event may cancel an absence hit fired early (its trigger's
@@ -362,10 +376,13 @@ impl Detector {
         // (an absence hit fired before its window had passed in event time) may be one this
         // event cancels. A restore can bring such a hit back without the partition's quiet
         // point (a crash between the two checkpoint records), so this does not rely on it.
-        let may_cancel = c.emitted.values().any(|e| !e.hit.hit.retracted && e.hit.hit.event_time >= ev.time);
+        let may_cancel = c.emitted.0.iter().any(|e| !e.hit.hit.retracted && e.hit.hit.event_time >= ev.time);
         let in_order = pos == c.events.len() && ev.time >= self.watermark && !after_quiet && !may_cancel;
-        let expires = ev.time.saturating_add(self.horizon_ms).saturating_add(self.rules.keep_ms(&bits));
-        c.events.insert(pos, Kept { m: Matched { ev, bits }, expires });
+        if c.events.capacity() == 0 {
+            // Most customers keep one or two events; the default first capacity is four.
+            c.events.reserve_exact(2);
+        }
+        c.events.insert(pos, ev);
         self.mark_dirty(idx);
         if in_order {
             self.on_append(idx, sessions, out);
@@ -385,24 +402,27 @@ impl Detector {
         let floor = self.version_floor;
         let horizon = self.horizon_ms;
         let grid = self.prune_grid_ms;
-        let Detector { rules, customers, .. } = self;
+        let Detector { rules, customers, symbols, .. } = self;
         let c = &mut customers[idx];
         let k = c.events.len() - 1;
         let mut next = grid_up(c.events[k].expires, grid);
-        let ev = &c.events[k].m.ev;
-        let rules_to_check = if rules.may_complete(&c.events[k].m.bits) { rules.compiled.len() } else { 0 };
+        let ev = &c.events[k];
+        let rules_to_check = if rules.may_complete(&ev.bits) { rules.compiled.len() } else { 0 };
         for (ri, r) in rules.compiled.iter().enumerate().take(rules_to_check) {
-            if !completes(r, &c.events[k].m) {
+            if !completes(r, ev) {
                 continue;
             }
             if let Shape::Absence { .. } = r.shape {
                 let deadline = ev.time.saturating_add(r.within_ms);
-                let session = sessions.session_of(&c.key, ev.time, &ev.id);
+                let session = sessions.session_of(c.key.as_str(), ev.time, ev.id.as_str());
+                if c.pending.capacity() == 0 {
+                    c.pending.reserve_exact(1);
+                }
                 c.pending.push(Pending { deadline, rule: ri, time: ev.time, id: ev.id.clone(), session });
                 next = next.min(deadline);
             } else if let Some(matched) = hit_at(rules, ri, &c.events, k) {
-                let session = sessions.session_of(&c.key, ev.time, &ev.id);
-                let hit = build_hit(rules, &c.key, &c.events, &Found { rule: ri, matched }, session);
+                let session = sessions.session_of(c.key.as_str(), ev.time, ev.id.as_str());
+                let hit = build_hit(rules, c.key.as_str(), &c.events, &Found { rule: ri, matched }, session, describe(symbols));
                 next = next.min(grid_up(hit.hit.event_time.saturating_add(horizon), grid));
                 put(&mut c.emitted, floor, hit, ev.time, out);
             }
@@ -416,7 +436,7 @@ impl Detector {
         let c = &mut self.customers[idx];
         if c.timer.is_none_or(|t| deadline < t) {
             c.timer = Some(deadline);
-            self.timers.insert((deadline, idx));
+            self.timers.insert(deadline, idx);
         }
     }
 
@@ -439,7 +459,7 @@ impl Detector {
             }
             keep
         });
-        c.emitted.retain(|_, e| {
+        c.emitted.0.retain(|e| {
             let final_at = e.hit.hit.event_time.saturating_add(horizon);
             let keep = final_at >= wm;
             if keep {
@@ -461,7 +481,7 @@ impl Detector {
                 let c = &mut self.customers[idx];
                 if c.timer != Some(d) {
                     c.timer = Some(d);
-                    self.timers.insert((d, idx));
+                    self.timers.insert(d, idx);
                 }
             }
             None => self.release(idx),
@@ -477,28 +497,29 @@ impl Detector {
         let lo = wm.saturating_sub(self.horizon_ms);
         let floor = self.version_floor;
         self.mark_dirty(idx);
-        let c = &mut self.customers[idx];
+        let Detector { customers, symbols, .. } = self;
+        let c = &mut customers[idx];
         let evs = &c.events;
         let mut computed: Vec<(i64, usize, usize, DetectedHit)> = Vec::new();
         let mut pending = Vec::new();
         for (ri, r) in rules.compiled.iter().enumerate() {
             for k in 0..evs.len() {
-                let ev = &evs[k].m.ev;
-                if !completes(r, &evs[k].m) || detection_time(&rules, ri, ev) < lo {
+                let ev = &evs[k];
+                if !completes(r, ev) || detection_time(&rules, ri, ev.time) < lo {
                     continue;
                 }
                 let Some(matched) = hit_at(&rules, ri, evs, k) else { continue };
-                let det = detection_time(&rules, ri, ev);
+                let det = detection_time(&rules, ri, ev.time);
                 let old_hint = c.pending.iter().find(|p| p.rule == ri && p.id == ev.id).and_then(|p| p.session.clone());
                 if matches!(r.shape, Shape::Absence { .. }) && det >= wm && ev.time > idle {
-                    let session = sessions.session_of(&c.key, ev.time, &ev.id).or(old_hint);
+                    let session = sessions.session_of(c.key.as_str(), ev.time, ev.id.as_str()).or(old_hint);
                     pending.push(Pending { deadline: det, rule: ri, time: ev.time, id: ev.id.clone(), session });
                     continue;
                 }
                 let f = Found { rule: ri, matched };
-                let mut hit = build_hit(&rules, &c.key, evs, &f, None);
+                let mut hit = build_hit(&rules, c.key.as_str(), evs, &f, None, describe(symbols));
                 hit.hit.session_id = sessions
-                    .session_of(&c.key, ev.time, &ev.id)
+                    .session_of(c.key.as_str(), ev.time, ev.id.as_str())
                     .or_else(|| c.emitted.get(&hit.hit.hit_id).and_then(|e| e.hit.hit.session_id.clone()))
                     .or(old_hint);
                 computed.push((det, ri, k, hit));
@@ -509,13 +530,13 @@ impl Detector {
         let mut live = HashSet::with_capacity(computed.len());
         for (_, _, k, hit) in computed {
             live.insert(hit.hit.hit_id.clone());
-            put(&mut c.emitted, floor, hit, evs[k].m.ev.time, out);
+            put(&mut c.emitted, floor, hit, evs[k].time, out);
         }
         let mut retracted = Vec::new();
-        for (id, e) in c.emitted.iter_mut() {
+        for e in c.emitted.0.iter_mut() {
             let h = &mut e.hit.hit;
             let current = u32::try_from(h.rule_version).is_ok_and(|v| rules.position(&h.rule, v).is_some());
-            if !h.retracted && h.event_time >= lo && current && !live.contains(id) {
+            if !h.retracted && h.event_time >= lo && current && !live.contains(&h.hit_id) {
                 h.version = (h.version + 1).max(floor);
                 h.retracted = true;
                 retracted.push(e.hit.clone());
@@ -533,12 +554,12 @@ impl Detector {
         let floor = self.version_floor;
         let c = &mut self.customers[idx];
         let mut reemit = Vec::new();
-        for e in c.emitted.values_mut() {
+        for e in c.emitted.0.iter_mut() {
             let h = &mut e.hit.hit;
             if h.retracted || h.event_time < lo {
                 continue;
             }
-            if let Some(s) = sessions.session_of(&c.key, e.trigger_time, &h.trigger_event_id) {
+            if let Some(s) = sessions.session_of(c.key.as_str(), e.trigger_time, &h.trigger_event_id) {
                 if h.session_id.as_deref() != Some(s.as_str()) {
                     h.session_id = Some(s);
                     h.version = (h.version + 1).max(floor);
@@ -550,7 +571,7 @@ impl Detector {
         reemit.sort_by(|a, b| emission_order(a).cmp(&emission_order(b)));
         out.extend(reemit);
         for p in &mut c.pending {
-            if let Some(s) = sessions.session_of(&c.key, p.time, &p.id) {
+            if let Some(s) = sessions.session_of(c.key.as_str(), p.time, p.id.as_str()) {
                 changed |= p.session.as_deref() != Some(s.as_str());
                 p.session = Some(s);
             }
@@ -563,7 +584,7 @@ impl Detector {
     /// Sessions of this customer were re-cut (by a late event the detector may not keep):
     /// refreshes the session ids of its non-final hits and re-emits those that changed.
     pub fn note_recut(&mut self, customer: &str, sessions: &dyn SessionLookup, out: &mut Vec<DetectedHit>) {
-        if let Some(&idx) = self.index.get(customer) {
+        if let Some(&idx) = self.index.get(customer.as_bytes()) {
             self.refresh_sessions(idx, sessions, out);
         }
     }
@@ -574,11 +595,7 @@ impl Detector {
             return;
         }
         self.watermark = watermark;
-        while let Some(&(deadline, idx)) = self.timers.first() {
-            if deadline >= watermark {
-                break;
-            }
-            self.timers.pop_first();
+        while let Some((deadline, idx)) = self.timers.pop_before(watermark) {
             if self.customers[idx].timer == Some(deadline) {
                 self.customers[idx].timer = None;
                 self.on_timer(idx, sessions, out);
@@ -594,17 +611,19 @@ impl Detector {
             let rules = Arc::clone(&self.rules);
             let floor = self.version_floor;
             self.mark_dirty(idx);
-            let c = &mut self.customers[idx];
+            let Detector { customers, symbols, .. } = self;
+            let c = &mut customers[idx];
             let (mut due, rest): (Vec<Pending>, Vec<Pending>) = std::mem::take(&mut c.pending).into_iter().partition(due);
             c.pending = rest;
-            due.sort_by(|a, b| (a.deadline, a.rule, a.time, &a.id).cmp(&(b.deadline, b.rule, b.time, &b.id)));
+            due.sort_by(|a, b| (a.deadline, a.rule, a.time, a.id.as_bytes()).cmp(&(b.deadline, b.rule, b.time, b.id.as_bytes())));
             for p in due {
-                let Ok(t) = c.events.binary_search_by(|k| k.m.ev.key().cmp(&(p.time, p.id.as_bytes()))) else { continue };
+                let Ok(t) = c.events.binary_search_by(|k| k.key().cmp(&(p.time, p.id.as_bytes()))) else { continue };
                 let r = &rules.compiled[p.rule];
                 let Shape::Absence { followed_by, .. } = r.shape else { continue };
                 if absence_open(r, followed_by, &c.events, t) {
-                    let session = sessions.session_of(&c.key, p.time, &p.id).or(p.session);
-                    let hit = build_hit(&rules, &c.key, &c.events, &Found { rule: p.rule, matched: vec![t] }, session);
+                    let session = sessions.session_of(c.key.as_str(), p.time, p.id.as_str()).or(p.session);
+                    let found = Found { rule: p.rule, matched: vec![t] };
+                    let hit = build_hit(&rules, c.key.as_str(), &c.events, &found, session, describe(symbols));
                     put(&mut c.emitted, floor, hit, p.time, out);
                 }
             }
@@ -614,10 +633,10 @@ impl Detector {
 
     /// Identity merge: retracts every live hit of `customer` (emitted before) and drops its state.
     pub fn take_customer(&mut self, customer: &str, out: &mut Vec<DetectedHit>) {
-        let Some(&idx) = self.index.get(customer) else { return };
+        let Some(&idx) = self.index.get(customer.as_bytes()) else { return };
         let floor = self.version_floor;
         let mut retracted: Vec<DetectedHit> =
-            self.customers[idx].emitted.values().filter(|e| !e.hit.hit.retracted).map(|e| e.hit.clone()).collect();
+            self.customers[idx].emitted.0.iter().filter(|e| !e.hit.hit.retracted).map(|e| e.hit.clone()).collect();
         retracted.sort_by(|a, b| emission_order(a).cmp(&emission_order(b)));
         for mut r in retracted {
             r.hit.version = (r.hit.version + 1).max(floor);
@@ -646,9 +665,9 @@ impl Detector {
             let c = &mut self.customers[idx];
             let mut kept = Vec::with_capacity(c.events.len());
             for mut k in std::mem::take(&mut c.events) {
-                k.m.bits = rules.match_bits(&k.m.ev);
-                if !k.m.bits.is_empty() {
-                    k.expires = k.m.ev.time.saturating_add(horizon).saturating_add(rules.keep_ms(&k.m.bits));
+                k.bits = rules.match_bits(&k.fields(&self.symbols));
+                if !k.bits.is_empty() {
+                    k.expires = k.time.saturating_add(horizon).saturating_add(rules.keep_ms(&k.bits));
                     kept.push(k);
                 }
             }
@@ -657,20 +676,20 @@ impl Detector {
             for (ri, r) in rules.compiled.iter().enumerate() {
                 let Shape::Absence { followed_by, .. } = r.shape else { continue };
                 let rule = &rules.rules()[ri];
-                for (k, m) in c.events.iter().map(View::mv).enumerate() {
-                    let deadline = m.ev.time.saturating_add(r.within_ms);
-                    if deadline < wm || m.ev.time <= idle || !completes(r, m) || !absence_open(r, followed_by, &c.events, k) {
+                for (k, m) in c.events.iter().enumerate() {
+                    let deadline = m.time.saturating_add(r.within_ms);
+                    if deadline < wm || m.time <= idle || !completes(r, m) || !absence_open(r, followed_by, &c.events, k) {
                         continue;
                     }
                     let hint = old_pending.iter().find(|p| {
                         let o = &old.rules()[p.rule];
-                        o.name == rule.name && o.version == rule.version && p.id == m.ev.id
+                        o.name == rule.name && o.version == rule.version && p.id == m.id
                     });
                     c.pending.push(Pending {
                         deadline,
                         rule: ri,
-                        time: m.ev.time,
-                        id: m.ev.id.clone(),
+                        time: m.time,
+                        id: m.id.clone(),
                         session: hint.and_then(|p| p.session.clone()),
                     });
                 }
@@ -682,10 +701,10 @@ impl Detector {
 
     /// A customer's state, if it has any.
     pub fn snapshot(&self, customer: &str) -> Option<DetectSnapshot> {
-        let c = &self.customers[*self.index.get(customer)?];
+        let c = &self.customers[*self.index.get(customer.as_bytes())?];
         Some(DetectSnapshot {
-            key: c.key.to_string(),
-            events: c.events.iter().map(|k| k.m.ev.clone()).collect(),
+            key: c.key.as_str().to_string(),
+            events: c.events.iter().map(|k| k.to_detect_event(&self.symbols)).collect(),
             pending: c
                 .pending
                 .iter()
@@ -695,12 +714,12 @@ impl Detector {
                         rule: r.name.clone(),
                         rule_version: r.version,
                         trigger_time: p.time,
-                        trigger_id: p.id.to_string(),
+                        trigger_id: p.id.as_str().to_string(),
                         session_hint: p.session.clone(),
                     }
                 })
                 .collect(),
-            emitted: c.emitted.values().cloned().collect(),
+            emitted: c.emitted.0.clone(),
         })
     }
 
@@ -708,26 +727,27 @@ impl Detector {
     /// against the current rules. Absence windows the watermark already closed are emitted
     /// by the next [`Detector::advance`].
     pub fn restore(&mut self, snap: DetectSnapshot) {
-        if let Some(&idx) = self.index.get(snap.key.as_str()) {
+        if let Some(&idx) = self.index.get(snap.key.as_bytes()) {
             self.release(idx);
         }
         let rules = Arc::clone(&self.rules);
         let horizon = self.horizon_ms;
         let idx = self.slot_for(&snap.key);
+        let symbols = &mut self.symbols;
         let c = &mut self.customers[idx];
         let mut events: Vec<Kept> = snap
             .events
-            .into_iter()
+            .iter()
             .filter_map(|ev| {
-                let bits = rules.match_bits(&ev);
+                let bits = rules.match_bits(ev);
                 if bits.is_empty() {
                     return None;
                 }
                 let expires = ev.time.saturating_add(horizon).saturating_add(rules.keep_ms(&bits));
-                Some(Kept { m: Matched { ev, bits }, expires })
+                Some(Kept::from_detect_event(ev, symbols, bits, expires))
             })
             .collect();
-        events.sort_by(|a, b| a.m.ev.key().cmp(&b.m.ev.key()));
+        events.sort_by(|a, b| a.key().cmp(&b.key()));
         c.events = events;
         c.pending = snap
             .pending
@@ -739,18 +759,22 @@ impl Detector {
                     deadline: p.trigger_time.saturating_add(r.within_ms),
                     rule: ri,
                     time: p.trigger_time,
-                    id: Arc::from(p.trigger_id.as_str()),
+                    id: InlineStr::new(&p.trigger_id),
                     session: p.session_hint,
                 })
             })
             .collect();
-        c.emitted = snap.emitted.into_iter().map(|e| (e.hit.hit.hit_id.clone(), e)).collect();
+        c.emitted.0.clear();
+        for e in snap.emitted {
+            c.emitted.insert(e);
+        }
         self.settle_at(idx, i64::MIN);
         // Restored state is what the checkpoint already holds.
-        if let Some(&idx) = self.index.get(snap.key.as_str()) {
-            self.customers[idx].dirty = false;
+        if let Some(&idx) = self.index.get(snap.key.as_bytes()) {
+            self.customers[idx].dirty_epoch = 0;
         }
         self.dirty_removed.retain(|k| *k != snap.key);
+        self.dirty_keys.retain(|k| *k != snap.key);
     }
 
     /// Emits everything as if event time had ended (end of a replay, tests); pruning then
@@ -758,6 +782,86 @@ impl Detector {
     pub fn flush_all(&mut self, sessions: &dyn SessionLookup, out: &mut Vec<DetectedHit>) {
         self.advance(i64::MAX / 4, sessions, out);
     }
+}
+
+/// Slot deadlines, bucketed by the pruning grid with a min-heap per bucket: most deadlines are
+/// grid multiples (pruning), so an insert is a push onto the heap of a bucket that already
+/// exists, and entries come out in (deadline, slot) order as from one ordered set. Duplicates
+/// are not merged; the second copy finds its slot's `timer` changed and is skipped.
+#[derive(Debug)]
+struct Timers {
+    width: i64,
+    /// Bucket number (deadline / width) -> its entries; empty buckets are removed.
+    buckets: BTreeMap<i64, BinaryHeap<Reverse<(i64, usize)>>>,
+}
+
+impl Timers {
+    fn new(width: i64) -> Timers {
+        Timers { width: width.max(1), buckets: BTreeMap::new() }
+    }
+
+    fn insert(&mut self, deadline: i64, idx: usize) {
+        self.buckets.entry(deadline.div_euclid(self.width)).or_default().push(Reverse((deadline, idx)));
+    }
+
+    /// Removes and returns the earliest entry if its deadline is before `wm`.
+    fn pop_before(&mut self, wm: i64) -> Option<(i64, usize)> {
+        let mut first = self.buckets.first_entry()?;
+        let &Reverse(top) = first.get().peek()?;
+        if top.0 >= wm {
+            return None;
+        }
+        first.get_mut().pop();
+        if first.get().is_empty() {
+            first.remove();
+        }
+        Some(top)
+    }
+}
+
+/// Sorts keys byte-wise, as `sort` would, but faster on keys with long common prefixes
+/// (`crm:CUST000...`): a most-significant-digit radix sort with 8-byte digits, each level a
+/// sort of integers. Digits are zero-padded, which keeps the byte order: a key that ends
+/// inside a digit sorts before any longer key it is a prefix of, and keys whose padded
+/// digits tie all the way (they differ only by trailing zero bytes) are compared whole.
+fn sort_keys(keys: &mut Vec<String>) {
+    fn digit(k: &str, at: usize) -> u64 {
+        let rest = k.as_bytes().get(at..).unwrap_or_default();
+        let mut w = [0u8; 8];
+        let n = rest.len().min(8);
+        w[..n].copy_from_slice(&rest[..n]);
+        u64::from_be_bytes(w)
+    }
+    fn level(run: &mut [(u64, String)], at: usize) {
+        if run.iter().all(|k| k.1.len() <= at) {
+            run.sort_unstable_by(|a, b| a.1.cmp(&b.1));
+            return;
+        }
+        for k in run.iter_mut() {
+            k.0 = digit(&k.1, at);
+        }
+        run.sort_unstable_by_key(|k| k.0);
+        let mut start = 0;
+        while start < run.len() {
+            let d = run[start].0;
+            let end = start + run[start..].iter().take_while(|k| k.0 == d).count();
+            if end - start > 1 {
+                level(&mut run[start..end], at + 8);
+            }
+            start = end;
+        }
+    }
+    if keys.len() < 2 {
+        return;
+    }
+    let mut ranked: Vec<(u64, String)> = keys.drain(..).map(|k| (0, k)).collect();
+    level(&mut ranked, 0);
+    keys.extend(ranked.into_iter().map(|(_, k)| k));
+}
+
+/// What a hit reports of a retained event.
+fn describe<'a>(symbols: &'a Symbols) -> impl Fn(&'a Kept) -> Described<'a> + 'a {
+    |k| Described { channel: k.channel, id: k.id.as_str(), topic: k.topic(symbols), region: k.region(symbols) }
 }
 
 /// `d` rounded up to a multiple of `grid` (saturating).
@@ -775,15 +879,42 @@ fn emission_order(h: &DetectedHit) -> (i64, &str, &str) {
     (h.hit.event_time, &h.hit.rule, &h.hit.trigger_event_id)
 }
 
+/// The last emitted record of each hit id of a customer, sorted by hit id: a customer has a
+/// handful at most, so a sorted vector beats a map (a B-tree leaf alone holds eleven records).
+#[derive(Debug, Default)]
+struct Emitted(Vec<EmittedHit>);
+
+impl Emitted {
+    fn find(&self, hit_id: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|e| e.hit.hit.hit_id.as_str().cmp(hit_id))
+    }
+
+    fn get(&self, hit_id: &str) -> Option<&EmittedHit> {
+        self.find(hit_id).ok().map(|i| &self.0[i])
+    }
+
+    /// Inserts or replaces the record of its hit id.
+    fn insert(&mut self, e: EmittedHit) {
+        match self.find(&e.hit.hit.hit_id) {
+            Ok(i) => self.0[i] = e,
+            Err(i) => self.0.insert(i, e),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
 /// Emits `hit` unless the same content was the last emission of its id; versions grow.
-fn put(emitted: &mut BTreeMap<String, EmittedHit>, floor: i64, mut hit: DetectedHit, trigger_time: i64, out: &mut Vec<DetectedHit>) {
+fn put(emitted: &mut Emitted, floor: i64, mut hit: DetectedHit, trigger_time: i64, out: &mut Vec<DetectedHit>) {
     match emitted.get(&hit.hit.hit_id) {
         Some(prev) if !prev.hit.hit.retracted && same_content(&prev.hit, &hit) => return,
         Some(prev) => hit.hit.version = (prev.hit.hit.version + 1).max(floor),
         None => hit.hit.version = floor,
     }
     out.push(hit.clone());
-    emitted.insert(hit.hit.hit_id.clone(), EmittedHit { hit, trigger_time });
+    emitted.insert(EmittedHit { hit, trigger_time });
 }
 
 fn same_content(a: &DetectedHit, b: &DetectedHit) -> bool {
@@ -801,4 +932,49 @@ fn same_content(a: &DetectedHit, b: &DetectedHit) -> bool {
         && x.severity == y.severity
         && a.channel == b.channel
         && a.region == b.region
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{sort_keys, Timers};
+    use proptest::prelude::*;
+    use std::collections::BTreeSet;
+
+    proptest! {
+        #[test]
+        fn keys_sort_as_strings_do(mut keys in proptest::collection::vec("(crm:CUST0{0,3})?[0-9a\\x00\u{e9}]{0,12}", 0..40)) {
+            let mut want = keys.clone();
+            want.sort();
+            sort_keys(&mut keys);
+            prop_assert_eq!(keys, want);
+        }
+
+        #[test]
+        fn timers_come_out_as_from_an_ordered_set(
+            ops in proptest::collection::vec((any::<bool>(), -50i64..50, 0usize..6), 0..200),
+            width in 1i64..20,
+        ) {
+            let mut t = Timers::new(width);
+            let mut set = BTreeSet::new();
+            for (insert, x, idx) in ops {
+                if insert {
+                    t.insert(x, idx);
+                    set.insert((x, idx));
+                } else {
+                    let mut got = Vec::new();
+                    while let Some(e) = t.pop_before(x) {
+                        // Duplicates come out together; the set holds one copy.
+                        if got.last() != Some(&e) {
+                            got.push(e);
+                        }
+                    }
+                    let want: Vec<(i64, usize)> = set.iter().copied().take_while(|e| e.0 < x).collect();
+                    for e in &want {
+                        set.remove(e);
+                    }
+                    prop_assert_eq!(got, want);
+                }
+            }
+        }
+    }
 }

@@ -73,7 +73,7 @@ impl DetectEvent {
         (self.time, self.id.as_bytes())
     }
 
-    fn same_value(&self, f: &SameField) -> Option<&str> {
+    pub(crate) fn same_value(&self, f: &SameField) -> Option<&str> {
         match f {
             SameField::Topic => self.topic.as_deref(),
             SameField::Channel => Some(self.channel.as_str()),
@@ -423,47 +423,64 @@ pub(crate) struct Matched {
     pub bits: Bits,
 }
 
-/// Anything that holds a [`Matched`] event, so the searches run on the detector's retained
-/// events as they are, without copying.
+/// The value of a `same` field, comparable between events held the same way: the batch
+/// evaluator compares strings, the detector its interned symbols.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SameValue<'a> {
+    /// An interned value (or a channel's index).
+    Symbol(u32),
+    /// A value as text.
+    Text(&'a str),
+}
+
+/// What the searches read of an event, so they run on the detector's retained events as they
+/// are, without copying, and on the batch evaluator's [`Matched`] events alike.
 pub(crate) trait View {
-    fn mv(&self) -> &Matched;
+    fn time(&self) -> i64;
+    fn bits(&self) -> &Bits;
+    fn same_value(&self, f: &SameField) -> Option<SameValue<'_>>;
 }
 
 impl View for Matched {
-    fn mv(&self) -> &Matched {
-        self
+    fn time(&self) -> i64 {
+        self.ev.time
+    }
+    fn bits(&self) -> &Bits {
+        &self.bits
+    }
+    fn same_value(&self, f: &SameField) -> Option<SameValue<'_>> {
+        self.ev.same_value(f).map(SameValue::Text)
     }
 }
 
-fn same_present(same: &[SameField], e: &DetectEvent) -> bool {
+fn same_present<E: View>(same: &[SameField], e: &E) -> bool {
     same.iter().all(|f| e.same_value(f).is_some())
 }
 
 /// Whether `a` has the same non-null values as `b` for every field of `same`.
-fn same_eq(same: &[SameField], a: &DetectEvent, b: &DetectEvent) -> bool {
+fn same_eq<E: View>(same: &[SameField], a: &E, b: &E) -> bool {
     same.iter().all(|f| match (a.same_value(f), b.same_value(f)) {
-        (Some(x), Some(y)) => std::ptr::eq(x, y) || x == y,
+        (Some(x), Some(y)) => x == y,
         _ => false,
     })
 }
 
 /// Whether event `k` is a candidate end of the rule: it matches the completing predicate
 /// (last step, trigger, counted) and has every `same` field.
-pub(crate) fn completes(r: &Compiled, m: &Matched) -> bool {
-    m.bits.has(r.completing) && same_present(&r.same, &m.ev)
+pub(crate) fn completes<E: View>(r: &Compiled, m: &E) -> bool {
+    m.bits().has(r.completing) && same_present(&r.same, m)
 }
 
 /// Sequence ending at `k` (which must satisfy [`completes`]): the greedy chain of the latest
 /// earlier events matching each step, or `None` when no chain fits in the window.
 pub(crate) fn sequence_at<E: View>(r: &Compiled, steps: &[usize], evs: &[E], k: usize) -> Option<Vec<usize>> {
-    let last = &evs[k].mv().ev;
-    let earliest = last.time.saturating_sub(r.within_ms);
+    let last = &evs[k];
+    let earliest = last.time().saturating_sub(r.within_ms);
     let step_before = |j: usize, pos: usize| {
         evs[..pos]
             .iter()
-            .map(View::mv)
-            .rposition(|m| m.ev.time < earliest || (m.bits.has(steps[j]) && same_eq(&r.same, &m.ev, last)))
-            .filter(|&i| evs[i].mv().ev.time >= earliest)
+            .rposition(|m| m.time() < earliest || (m.bits().has(steps[j]) && same_eq(&r.same, m, last)))
+            .filter(|&i| evs[i].time() >= earliest)
     };
     // Most candidates fail: find the chain's start first without allocating, then fill it in.
     let mut pos = k;
@@ -480,21 +497,21 @@ pub(crate) fn sequence_at<E: View>(r: &Compiled, steps: &[usize], evs: &[E], k: 
 
 /// Count ending at `k` (which must satisfy [`completes`]): the counted events, if at least `n`.
 pub(crate) fn count_at<E: View>(r: &Compiled, predicate: usize, at_least: usize, evs: &[E], k: usize) -> Option<Vec<usize>> {
-    let last = &evs[k].mv().ev;
-    let earliest = last.time.saturating_sub(r.within_ms);
-    let start = k + 1 - evs[..=k].iter().rev().take_while(|e| e.mv().ev.time >= earliest).count();
-    let counts = |m: &Matched| m.bits.has(predicate) && same_eq(&r.same, &m.ev, last);
-    if evs[start..=k].iter().filter(|e| counts(e.mv())).count() < at_least {
+    let last = &evs[k];
+    let earliest = last.time().saturating_sub(r.within_ms);
+    let start = k + 1 - evs[..=k].iter().rev().take_while(|e| e.time() >= earliest).count();
+    let counts = |m: &E| m.bits().has(predicate) && same_eq(&r.same, m, last);
+    if evs[start..=k].iter().filter(|e| counts(e)).count() < at_least {
         return None;
     }
-    Some((start..=k).filter(|&i| counts(evs[i].mv())).collect())
+    Some((start..=k).filter(|&i| counts(&evs[i])).collect())
 }
 
 /// Whether trigger `t` (which must satisfy [`completes`]) has no follower among `evs`.
 pub(crate) fn absence_open<E: View>(r: &Compiled, followed_by: usize, evs: &[E], t: usize) -> bool {
-    let trig = &evs[t].mv().ev;
-    let latest = trig.time.saturating_add(r.within_ms);
-    !evs[t + 1..].iter().map(View::mv).take_while(|m| m.ev.time <= latest).any(|m| m.bits.has(followed_by) && same_eq(&r.same, &m.ev, trig))
+    let trig = &evs[t];
+    let latest = trig.time().saturating_add(r.within_ms);
+    !evs[t + 1..].iter().take_while(|m| m.time() <= latest).any(|m| m.bits().has(followed_by) && same_eq(&r.same, m, trig))
 }
 
 /// A found hit: rule index and matched event indices (the last one is the trigger).
@@ -505,17 +522,17 @@ pub(crate) struct Found {
 }
 
 /// Detection time of a hit: the completing event's time, or for an absence trigger + within.
-pub(crate) fn detection_time(rules: &RuleSet, rule: usize, trigger: &DetectEvent) -> i64 {
+pub(crate) fn detection_time(rules: &RuleSet, rule: usize, trigger_time: i64) -> i64 {
     match rules.compiled[rule].shape {
-        Shape::Absence { .. } => trigger.time.saturating_add(rules.compiled[rule].within_ms),
-        _ => trigger.time,
+        Shape::Absence { .. } => trigger_time.saturating_add(rules.compiled[rule].within_ms),
+        _ => trigger_time,
     }
 }
 
 /// Evaluates rule `ri` at event `k`, treating the absence window as complete.
 pub(crate) fn hit_at<E: View>(rules: &RuleSet, ri: usize, evs: &[E], k: usize) -> Option<Vec<usize>> {
     let r = &rules.compiled[ri];
-    if !completes(r, evs[k].mv()) {
+    if !completes(r, &evs[k]) {
         return None;
     }
     match &r.shape {
@@ -525,14 +542,40 @@ pub(crate) fn hit_at<E: View>(rules: &RuleSet, ri: usize, evs: &[E], k: usize) -
     }
 }
 
-/// Builds the hit record (session, version and retraction left to the caller).
-pub(crate) fn build_hit<E: View>(rules: &RuleSet, customer: &str, evs: &[E], f: &Found, session_id: Option<String>) -> DetectedHit {
+/// What a hit record reports of a matched event.
+pub(crate) struct Described<'a> {
+    pub channel: journey_schemas::Channel,
+    pub id: &'a str,
+    pub topic: Option<&'a str>,
+    pub region: Option<&'a str>,
+}
+
+impl DetectEvent {
+    pub(crate) fn described(&self) -> Described<'_> {
+        Described { channel: self.channel, id: &self.id, topic: self.topic.as_deref(), region: self.region.as_deref() }
+    }
+}
+
+/// Builds the hit record (session, version and retraction left to the caller); `describe`
+/// reads the reported fields of an event.
+pub(crate) fn build_hit<'a, E: View>(
+    rules: &RuleSet,
+    customer: &str,
+    evs: &'a [E],
+    f: &Found,
+    session_id: Option<String>,
+    describe: impl Fn(&'a E) -> Described<'a>,
+) -> DetectedHit {
     let rule = &rules.rules()[f.rule];
-    let trigger = &evs[f.matched[f.matched.len() - 1]].mv().ev;
+    let trigger_at = f.matched[f.matched.len() - 1];
+    let trigger = describe(&evs[trigger_at]);
     let mut path = String::new();
     let mut prev = None;
+    let mut matched_event_ids = Vec::with_capacity(f.matched.len());
     for &i in &f.matched {
-        let c = evs[i].mv().ev.channel;
+        let d = describe(&evs[i]);
+        matched_event_ids.push(d.id.to_string());
+        let c = d.channel;
         if prev != Some(c) {
             if prev.is_some() {
                 path.push('>');
@@ -543,22 +586,22 @@ pub(crate) fn build_hit<E: View>(rules: &RuleSet, customer: &str, evs: &[E], f: 
     }
     DetectedHit {
         hit: ScenarioHit {
-            hit_id: hit_id(&rule.name, rule.version, customer, &trigger.id),
+            hit_id: hit_id(&rule.name, rule.version, customer, trigger.id),
             rule: rule.name.clone(),
             rule_version: i32::try_from(rule.version).unwrap_or(i32::MAX),
             customer_id: customer.to_string(),
             session_id,
-            event_time: detection_time(rules, f.rule, trigger),
+            event_time: detection_time(rules, f.rule, evs[trigger_at].time()),
             trigger_event_id: trigger.id.to_string(),
-            matched_event_ids: f.matched.iter().map(|&i| evs[i].mv().ev.id.to_string()).collect(),
+            matched_event_ids,
             path,
-            topic: trigger.topic.as_deref().map(str::to_string),
+            topic: trigger.topic.map(str::to_string),
             severity: rule.severity.as_str().to_string(),
             version: 0,
             retracted: false,
         },
         channel: trigger.channel,
-        region: trigger.region.as_deref().map(str::to_string),
+        region: trigger.region.map(str::to_string),
     }
 }
 
@@ -584,10 +627,10 @@ pub fn evaluate(rules: &RuleSet, customer: &str, events: &[DetectEvent]) -> Vec<
     for ri in 0..rules.compiled.len() {
         for k in 0..evs.len() {
             if let Some(matched) = hit_at(rules, ri, &evs, k) {
-                found.push((detection_time(rules, ri, &evs[k].ev), ri, k, Found { rule: ri, matched }));
+                found.push((detection_time(rules, ri, evs[k].ev.time), ri, k, Found { rule: ri, matched }));
             }
         }
     }
     found.sort_by_key(|(t, ri, k, _)| (*t, *ri, *k));
-    found.into_iter().map(|(_, _, _, f)| build_hit(rules, customer, &evs, &f, None)).collect()
+    found.into_iter().map(|(_, _, _, f)| build_hit(rules, customer, &evs, &f, None, |m| m.ev.described())).collect()
 }

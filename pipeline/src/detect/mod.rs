@@ -27,6 +27,7 @@ mod detector;
 mod eval;
 mod rules;
 mod snapshot;
+mod stored;
 
 pub use detector::{DetectSnapshot, Detector, EmittedHit, NoSessions, PendingAbsence, SessionLookup};
 pub use eval::{evaluate, intern, DetectEvent, EventFields};

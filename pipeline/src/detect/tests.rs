@@ -825,3 +825,109 @@ fn sessionizer_lookup_finds_the_session_of_an_event() {
     assert_eq!(lookup.session_of("k", 31, "e"), None);
     assert_eq!(lookup.session_of("x", 5, "b"), None);
 }
+
+/// Latest non-retracted record of every hit id, summarised.
+fn latest(out: &[DetectedHit]) -> Vec<(String, String, Vec<String>, i64)> {
+    let mut by_id: BTreeMap<String, &DetectedHit> = BTreeMap::new();
+    for h in out {
+        by_id.insert(h.hit.hit_id.clone(), h);
+    }
+    let live: Vec<DetectedHit> = by_id.values().filter(|h| !h.hit.retracted).map(|h| (*h).clone()).collect();
+    summary(&live)
+}
+
+#[test]
+fn many_distinct_values_are_collected_and_compare_as_before() {
+    // Every customer has its own topics, so the detector's table of values passes its
+    // collection threshold many times while events expire; `same` must still pair them.
+    let r = Arc::new(rules(
+        r#"
+        [[rule]]
+        name = "rep"
+        kind = "sequence"
+        within = "10ms"
+        same = ["topic"]
+        steps = [{ event_type = "contact.start" }, { event_type = "contact.start" }]
+        "#,
+    ));
+    let mut d = Detector::new(r.clone(), 20);
+    let mut out = Vec::new();
+    let s = NoSessions;
+    let mut all: BTreeMap<String, Vec<DetectEvent>> = BTreeMap::new();
+    for i in 0..30_000i64 {
+        let customer = format!("k{}", (i / 3) % 5);
+        let topic = format!("t{}", i / 3);
+        let e = ev(&r, i, &format!("e{i:06}"), Channel::Chat, "contact.start", Some(&topic), None);
+        all.entry(customer.clone()).or_default().push(e.clone());
+        d.admit(&customer, e, &s, &mut out);
+        d.advance(i, &s, &mut out);
+    }
+    d.flush_all(&s, &mut out);
+    let batch: Vec<DetectedHit> = all.iter().flat_map(|(c, evs)| evaluate(&r, c, evs)).collect();
+    assert!(!batch.is_empty());
+    assert_eq!(latest(&out), summary(&batch));
+}
+
+#[test]
+fn attributes_and_other_same_fields_stream_as_in_batch() {
+    // Attribute predicates and `same` on attributes, agent, channel and line go through the
+    // detector's compact events (admit_event, raw events) and must agree with the batch result.
+    let r = Arc::new(rules(
+        r#"
+        [[rule]]
+        name = "screen_then_call"
+        kind = "sequence"
+        within = "1h"
+        same = ["attrs.screen", "agent_id"]
+        steps = [{ attrs = { screen = ["pay", "topup"] } }, { event_type = "contact.start", line = "front" }]
+
+        [[rule]]
+        name = "same_channel"
+        kind = "count"
+        within = "1h"
+        at_least = 2
+        same = ["channel", "line"]
+        match = { event_type = "contact.start" }
+        "#,
+    ));
+    let mut raws = Vec::new();
+    for i in 0..60i64 {
+        let mut e = raw(i * MIN, &format!("e{i:03}"), if i % 3 == 0 { Channel::App } else { Channel::ContactCentre }, "x");
+        e.customer_id = Some(format!("c{}", i % 4));
+        if i % 3 == 0 {
+            e.attrs.insert("screen".into(), if i % 2 == 0 { "pay".into() } else { "topup".into() });
+            e.attrs.insert("other".into(), "ignored".into());
+        } else {
+            e.event_type = "contact.start".into();
+            e.line = Some(if i % 5 == 0 { "back".into() } else { "front".into() });
+            e.attrs.insert("screen".into(), if i % 4 == 1 { "pay".into() } else { "topup".into() });
+        }
+        e.agent_id = (i % 7 != 0).then(|| format!("agent-{}", i % 2));
+        raws.push(e);
+    }
+    // Late arrivals too: every fifth event comes after the next four.
+    raws.swap(5, 9);
+    raws.swap(20, 24);
+    let mut d = Detector::new(r.clone(), 24 * HOUR);
+    let mut out = Vec::new();
+    let mut all: BTreeMap<String, Vec<DetectEvent>> = BTreeMap::new();
+    for e in &raws {
+        let customer = e.customer_id.clone().unwrap_or_default();
+        all.entry(customer.clone()).or_default().push(DetectEvent::from_event(e, &r));
+        d.admit_event(&customer, e, &NoSessions, &mut out);
+        d.advance(e.event_time - 5 * MIN, &NoSessions, &mut out);
+    }
+    // A snapshot round trip of every customer keeps the same answers.
+    let mut e2 = Detector::new(r.clone(), 24 * HOUR);
+    e2.restore_watermark(d.watermark());
+    for c in all.keys() {
+        if let Some(snap) = d.snapshot(c) {
+            e2.restore(decode_snapshot(&encode_snapshot(&snap)).expect("round trip"));
+            assert_eq!(e2.snapshot(c), Some(snap));
+        }
+    }
+    d.flush_all(&NoSessions, &mut out);
+    let batch: Vec<DetectedHit> = all.iter().flat_map(|(c, evs)| evaluate(&r, c, evs)).collect();
+    assert!(batch.iter().any(|h| h.hit.rule == "screen_then_call") && batch.iter().any(|h| h.hit.rule == "same_channel"));
+    assert_eq!(latest(&out), summary(&batch));
+}
