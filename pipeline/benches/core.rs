@@ -13,7 +13,10 @@
 //! `core/all_with_detect` is `core/all` plus the scenario detector with the built-in rules
 //! (admit after the sessionizer, watermark advance, encode the hits), as the runtime runs it:
 //! its ratio to `core/all` is the engine's overhead.
-//! Each iteration starts from empty state (graph, pseudonym cache, sessionizer, detector).
+//! Each iteration of these starts from empty state (graph, pseudonym cache, sessionizer,
+//! detector). `core/steady/all` and `core/steady/all_with_detect` time the same path over the
+//! second half of the stream, after an untimed warm-up over the first half: a processor that
+//! has been running, its tables grown and its state at its usual size.
 
 #[path = "support/clock.rs"]
 mod clock;
@@ -87,61 +90,92 @@ struct Totals {
     hits: usize,
 }
 
-/// The state is returned so that dropping it is not timed (the runtime never drops it).
-fn all(codec: &Codec, records: &[Vec<u8>], rules: Option<&Arc<RuleSet>>) -> (IdentityGraph, Sessionizer, Option<Detector>, Totals) {
-    let mut detector = rules.map(|r| Detector::new(r.clone(), PARAMS.horizon_ms));
-    let mut hits: Vec<DetectedHit> = Vec::new();
-    let limits = Limits::default();
-    let mut graph = IdentityGraph::new();
-    let mut pseudo = PseudonymCache::new(pseudonymizer());
-    let mut buf = StitchBuffers::default();
-    let mut z = Sessionizer::new(PARAMS);
-    let mut emitted: Vec<Emitted> = Vec::new();
-    let mut rows: Vec<EventRow> = Vec::with_capacity(1024);
-    let mut t = Totals::default();
-    let mut max_t = i64::MIN;
-    for (offset, rec) in records.iter().enumerate() {
-        // decode
-        let e = codec.decode_event(rec).expect("generated records decode").value;
-        validate_event(&e, NOW, &limits).expect("generated events are valid");
-        // stitch
-        let msisdn_hash = stitch(&e, &mut graph, &mut pseudo, &mut buf);
-        let key = buf.obs.canonical.as_str();
-        // sessionize
-        let mut sev = SessionEvent::from_event(&e);
-        sev.offset = offset as i64;
-        z.admit(key, sev, &mut emitted);
-        max_t = max_t.max(e.event_time);
-        z.advance(max_t - LATENESS, &mut emitted);
-        // detect (with rules): after the sessionizer, as in the runtime's processor
-        if let Some(d) = detector.as_mut() {
-            d.admit_event(key, &e, &z, &mut hits);
-            d.advance(max_t - LATENESS, &z, &mut hits);
-            t.hits += hits.len();
-            for h in hits.drain(..) {
-                t.bytes += codec.encode_hit(&h.hit).len();
-            }
-        }
-        if offset % FLUSH_EVERY == FLUSH_EVERY - 1 {
-            t.dirty += z.take_dirty().len();
-            if let Some(d) = detector.as_mut() {
-                t.dirty += d.take_dirty().len();
-            }
-        }
-        // encode
-        rows.push(EventRow::from_event(e, key, msisdn_hash, 0));
-        if rows.len() == rows.capacity() {
-            t.rows += rows.len();
-            rows.clear();
-        }
-        t.sessions += emitted.len();
-        for s in emitted.drain(..) {
-            t.bytes += codec.encode_session(&s).len();
+/// The processor's state and buffers, carried from one event to the next (and, for the
+/// steady-state groups, from the untimed warm-up into the timed part).
+struct Core {
+    limits: Limits,
+    graph: IdentityGraph,
+    pseudo: PseudonymCache,
+    buf: StitchBuffers,
+    z: Sessionizer,
+    detector: Option<Detector>,
+    hits: Vec<DetectedHit>,
+    emitted: Vec<Emitted>,
+    rows: Vec<EventRow>,
+    max_t: i64,
+    t: Totals,
+}
+
+impl Core {
+    fn new(rules: Option<&Arc<RuleSet>>) -> Core {
+        Core {
+            limits: Limits::default(),
+            graph: IdentityGraph::new(),
+            pseudo: PseudonymCache::new(pseudonymizer()),
+            buf: StitchBuffers::default(),
+            z: Sessionizer::new(PARAMS),
+            detector: rules.map(|r| Detector::new(r.clone(), PARAMS.horizon_ms)),
+            hits: Vec::new(),
+            emitted: Vec::new(),
+            rows: Vec::with_capacity(1024),
+            max_t: i64::MIN,
+            t: Totals::default(),
         }
     }
-    t.rows += rows.len();
-    t.customers = graph.customers();
-    (graph, z, detector, t)
+
+    /// The whole path over `records`, whose first one has input offset `first_offset`.
+    fn run(&mut self, codec: &Codec, records: &[Vec<u8>], first_offset: usize) {
+        let Core { limits, graph, pseudo, buf, z, detector, hits, emitted, rows, max_t, t } = self;
+        for (i, rec) in records.iter().enumerate() {
+            let offset = first_offset + i;
+            // decode
+            let e = codec.decode_event(rec).expect("generated records decode").value;
+            validate_event(&e, NOW, limits).expect("generated events are valid");
+            // stitch
+            let msisdn_hash = stitch(&e, graph, pseudo, buf);
+            let key = buf.obs.canonical.as_str();
+            // sessionize
+            let mut sev = SessionEvent::from_event(&e);
+            sev.offset = offset as i64;
+            z.admit(key, sev, emitted);
+            *max_t = (*max_t).max(e.event_time);
+            z.advance(*max_t - LATENESS, emitted);
+            // detect (with rules): after the sessionizer, as in the runtime's processor
+            if let Some(d) = detector.as_mut() {
+                d.admit_event(key, &e, z, hits);
+                d.advance(*max_t - LATENESS, z, hits);
+                t.hits += hits.len();
+                for h in hits.drain(..) {
+                    t.bytes += codec.encode_hit(&h.hit).len();
+                }
+            }
+            if offset % FLUSH_EVERY == FLUSH_EVERY - 1 {
+                t.dirty += z.take_dirty().len();
+                if let Some(d) = detector.as_mut() {
+                    t.dirty += d.take_dirty().len();
+                }
+            }
+            // encode
+            rows.push(EventRow::from_event(e, key, msisdn_hash, 0));
+            if rows.len() == rows.capacity() {
+                t.rows += rows.len();
+                rows.clear();
+            }
+            t.sessions += emitted.len();
+            for s in emitted.drain(..) {
+                t.bytes += codec.encode_session(&s).len();
+            }
+        }
+        t.customers = graph.customers();
+    }
+}
+
+/// The whole path from empty state. The state is returned so that dropping it is not timed
+/// (the runtime never drops it).
+fn all(codec: &Codec, records: &[Vec<u8>], rules: Option<&Arc<RuleSet>>) -> Core {
+    let mut core = Core::new(rules);
+    core.run(codec, records, 0);
+    core
 }
 
 fn core(c: &mut Criterion<clock::Clock>) {
@@ -158,6 +192,40 @@ fn core(c: &mut Criterion<clock::Clock>) {
     group.bench_function("all", |b| b.iter_with_large_drop(|| all(&codec, &records, None)));
     let rules = Arc::new(RuleSet::from_toml(journey_pipeline::config::BUILTIN_RULES).expect("built-in rules"));
     group.bench_function("all_with_detect", |b| b.iter_with_large_drop(|| all(&codec, &records, Some(&rules))));
+
+    // Steady state: the first half of the stream builds the state untimed (every customer of
+    // it known to the identity graph, the sessionizer and the detector holding their recent
+    // history, the allocator's pages in use), then the second half is timed. This is what a
+    // processor that has been running for days does per event; the groups above also pay for
+    // growing every table from empty.
+    group.finish();
+    let half = records.len() / 2;
+    let (warm, timed) = records.split_at(half);
+    let mut steady = c.benchmark_group("core/steady");
+    steady.throughput(Throughput::Elements(timed.len() as u64));
+    steady.sample_size(10);
+    steady.sampling_mode(SamplingMode::Flat);
+    for (name, rules) in [("all", None), ("all_with_detect", Some(&rules))] {
+        steady.bench_function(name, |b| {
+            b.iter_batched(
+                || {
+                    let mut core = Core::new(rules);
+                    core.run(&codec, warm, 0);
+                    core
+                },
+                |mut core| {
+                    core.run(&codec, timed, half);
+                    core
+                },
+                BatchSize::PerIteration,
+            )
+        });
+    }
+    steady.finish();
+    let mut group = c.benchmark_group("core");
+    group.throughput(Throughput::Elements(n));
+    group.sample_size(10);
+    group.sampling_mode(SamplingMode::Flat);
 
     group.bench_function("decode", |b| {
         b.iter_with_large_drop(|| {
