@@ -414,6 +414,11 @@ impl Processor {
             Admission::Duplicate => {
                 metrics::duplicates_dropped(1);
                 self.summary.duplicates += 1;
+                // The detector's state is checkpointed in records of its own: a crash between
+                // the sessionizer's and the detector's records of a customer restores an event
+                // in the one and not in the other, and the replay must still reach the detector.
+                // It recognises what it already has.
+                st.detector.admit_event(&customer, &event, &st.sessionizer, &mut self.emitted_hits);
                 if moves > 0 {
                     // A moved copy supersedes the rows of the keys it moved from, even when
                     // this key already had the event (a duplicate that was keyed here directly).
@@ -1017,6 +1022,43 @@ mod tests {
         let rules = cfg.detect.load_rules().unwrap();
         let pseudo = Pseudonymizer::new(b"unit-test-key-0123456789").unwrap();
         Processor::new(cfg, Codec::from_manifest().unwrap(), pseudo, rules)
+    }
+
+    /// A producer that is never used: no record of these tests is sent anywhere.
+    fn idle_producer() -> FutureProducer {
+        rdkafka::ClientConfig::new().set("bootstrap.servers", "127.0.0.1:1").create().unwrap()
+    }
+
+    fn record(codec: &Codec, id: &str, time: i64, channel: journey_schemas::Channel, event_type: &str) -> Vec<u8> {
+        let e = journey_schemas::ChannelEvent { customer_id: Some("C1".into()), ..crate::test_event(id, time, channel, event_type) };
+        codec.encode_event(&e)
+    }
+
+    #[test]
+    fn an_event_the_detector_lost_to_a_torn_checkpoint_still_reaches_it_on_replay() {
+        let dir = std::env::temp_dir().join(format!("journey-rules-torn-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("rules.toml");
+        std::fs::write(&path, ONE).unwrap();
+        let mut p = processor(&path);
+        let producer = idle_producer();
+        let codec = Codec::from_manifest().unwrap();
+        let t0 = 1_790_000_000_000;
+        let app = record(&codec, "e-app", t0, journey_schemas::Channel::App, "app.open");
+        p.handle(&producer, "keyed", 0, 0, Some(b"crm:C1"), &app, None, 0);
+        // The crash landed between the two checkpoint records of this customer: the
+        // sessionizer's came back with the app event, the detector's did not.
+        let rules = p.rules().clone();
+        let st = p.partitions.get_mut(&0).unwrap();
+        st.detector = Detector::new(rules, p.params.horizon_ms);
+        // The replay brings the app event again (a duplicate to the sessionizer), then a call.
+        p.handle(&producer, "keyed", 0, 0, Some(b"crm:C1"), &app, None, 0);
+        let call = record(&codec, "e-call", t0 + 60_000, journey_schemas::Channel::ContactCentre, "contact.start");
+        p.handle(&producer, "keyed", 0, 1, Some(b"crm:C1"), &call, None, 0);
+        let hits: Vec<_> = p.hits.iter().map(|(_, h)| (h.hit.rule.as_str(), h.hit.matched_event_ids.clone())).collect();
+        assert_eq!(hits, [("app_then_call", vec!["e-app".to_string(), "e-call".to_string()])]);
+        assert_eq!(p.summary().duplicates, 1);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
