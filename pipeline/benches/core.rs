@@ -9,7 +9,8 @@
 //!
 //! Groups: `core/all` is the whole path, one event after another, as the runtime runs it;
 //! `core/decode`, `core/stitch`, `core/sessionize` and `core/encode` time each stage alone on
-//! inputs prepared (untimed) by the stages before it, so their sum shows where the time goes.
+//! inputs prepared (untimed) by the stages before it, so their sum shows where the time goes;
+//! `core/detect` does the same for the scenario detector (without session lookups).
 //! `core/all_with_detect` is `core/all` plus the scenario detector with the built-in rules
 //! (admit after the sessionizer, watermark advance, encode the hits), as the runtime runs it:
 //! its ratio to `core/all` is the engine's overhead.
@@ -23,7 +24,7 @@ mod clock;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, SamplingMode, Throughput};
 use journey_connectors::generator::{Generated, Generator, GeneratorConfig};
-use journey_pipeline::detect::{DetectedHit, Detector, RuleSet};
+use journey_pipeline::detect::{DetectedHit, Detector, NoSessions, RuleSet};
 use journey_pipeline::pii::{PseudonymCache, Pseudonymizer};
 use journey_pipeline::sessionize::{Emitted, SessionEvent, SessionParams, Sessionizer};
 use journey_pipeline::sink::clickhouse::EventRow;
@@ -302,6 +303,29 @@ fn core(c: &mut Criterion<clock::Clock>) {
             |(input, mut out)| run_sessionizer(input, &mut out, false),
             BatchSize::PerIteration,
         )
+    });
+
+    // detect: the scenario detector alone (built-in rules) on the decoded events and their
+    // keys, as in core/all_with_detect but without the other stages beside it and without
+    // session lookups: against the overhead core/all_with_detect shows, what it costs by itself.
+    group.bench_function("detect", |b| {
+        b.iter_with_large_drop(|| {
+            let mut d = Detector::new(rules.clone(), PARAMS.horizon_ms);
+            let mut hits: Vec<DetectedHit> = Vec::new();
+            let (mut max_t, mut count) = (i64::MIN, 0usize);
+            for (i, (e, (key, _))) in events.iter().zip(&stitched).enumerate() {
+                d.admit_event(key, e, &NoSessions, &mut hits);
+                max_t = max_t.max(e.event_time);
+                d.advance(max_t - LATENESS, &NoSessions, &mut hits);
+                for h in hits.drain(..) {
+                    count += codec.encode_hit(&h.hit).len();
+                }
+                if i % FLUSH_EVERY == FLUSH_EVERY - 1 {
+                    count += d.take_dirty().len();
+                }
+            }
+            (d, count)
+        })
     });
 
     // encode: the ClickHouse row of every event (it takes the decoded event) and the Avro
