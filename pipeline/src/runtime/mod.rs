@@ -1034,12 +1034,18 @@ mod tests {
         codec.encode_event(&e)
     }
 
-    #[test]
-    fn an_event_the_detector_lost_to_a_torn_checkpoint_still_reaches_it_on_replay() {
-        let dir = std::env::temp_dir().join(format!("journey-rules-torn-{}", std::process::id()));
+    /// A rule file holding `ONE` in a fresh folder of its own; returns (folder, file).
+    fn rule_file(name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("journey-rules-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("rules.toml");
         std::fs::write(&path, ONE).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn an_event_the_detector_lost_to_a_torn_checkpoint_still_reaches_it_on_replay() {
+        let (dir, path) = rule_file("torn");
         let mut p = processor(&path);
         let producer = idle_producer();
         let codec = Codec::from_manifest().unwrap();
@@ -1063,10 +1069,7 @@ mod tests {
 
     #[test]
     fn a_changed_rule_file_is_applied_and_a_broken_one_rejected() {
-        let dir = std::env::temp_dir().join(format!("journey-rules-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("rules.toml");
-        std::fs::write(&path, ONE).unwrap();
+        let (dir, path) = rule_file("reload");
         let mut p = processor(&path);
         assert_eq!(p.rules().rules().len(), 1);
 
