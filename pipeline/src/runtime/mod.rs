@@ -136,6 +136,18 @@ impl PartitionState {
         }
     }
 
+    /// Moves event time to `wm`; with `quiet_upto`, also closes every absence window of the
+    /// triggers at or before it (the partition is quiet: see [`Detector::close_idle`]).
+    fn advance(&mut self, wm: i64, quiet_upto: Option<i64>, hits: &mut Vec<DetectedHit>, sessions: &mut Vec<Emitted>) {
+        // The detector first: its absence hits look up sessions the sessionizer may prune once
+        // the watermark moves.
+        self.detector.advance(wm, &self.sessionizer, hits);
+        if let Some(upto) = quiet_upto {
+            self.detector.close_idle(upto, &self.sessionizer, hits);
+        }
+        self.sessionizer.advance(wm, sessions);
+    }
+
     /// The event-time watermark: the minimum over every raw partition's watermark, or none
     /// until all of them have reported.
     fn watermark(&self) -> Option<i64> {
@@ -351,16 +363,10 @@ impl Processor {
                 st.upstream_count = of;
                 st.upstream_quiet.insert(raw, quiet);
                 if let Some(wm) = st.watermark() {
-                    // The detector first: its absence hits look up sessions the sessionizer
-                    // may prune once the watermark moves.
-                    st.detector.advance(wm, &st.sessionizer, &mut self.emitted_hits);
                     let all_quiet = st.upstream_quiet.len() >= st.upstream_count && st.upstream_quiet.values().all(|q| *q);
-                    if all_quiet {
-                        // A quiet watermark is the latest event time seen upstream + gap + 1.
-                        let latest = wm.saturating_sub(self.params.gap_ms).saturating_sub(1);
-                        st.detector.close_idle(latest, &st.sessionizer, &mut self.emitted_hits);
-                    }
-                    st.sessionizer.advance(wm, &mut self.emitted);
+                    // A quiet watermark is the latest event time seen upstream + gap + 1.
+                    let latest = all_quiet.then(|| wm.saturating_sub(self.params.gap_ms).saturating_sub(1));
+                    st.advance(wm, latest, &mut self.emitted_hits, &mut self.emitted);
                 }
                 return;
             }
@@ -368,9 +374,7 @@ impl Processor {
                 let st = self.partitions.get_mut(&partition).expect("inserted above");
                 st.idle_requested = None;
                 let wm = upto.saturating_add(self.params.gap_ms).saturating_add(1);
-                st.detector.advance(wm, &st.sessionizer, &mut self.emitted_hits);
-                st.detector.close_idle(upto, &st.sessionizer, &mut self.emitted_hits);
-                st.sessionizer.advance(wm, &mut self.emitted);
+                st.advance(wm, Some(upto), &mut self.emitted_hits, &mut self.emitted);
                 return;
             }
             None => {}
