@@ -406,42 +406,37 @@ impl Processor {
         sev.offset = offset;
         sev.payload = Some(payload.into());
         sev.moves = moves;
-        match st.sessionizer.admit(&customer, sev, &mut self.emitted) {
-            Admission::Accepted => {
-                st.detector.admit_event(&customer, &event, &st.sessionizer, &mut self.emitted_hits);
-                let hash = event.msisdn.as_deref().map(|m| self.pseudo.hash(m)).unwrap_or_default();
-                self.event_rows.push(EventRow::from_event(event, &customer, hash, moves));
-                self.event_parts.push(partition);
-                self.buffered_bytes += 64 + 2 * payload.len();
-                self.summary.accepted += 1;
+        let admission = st.sessionizer.admit(&customer, sev, &mut self.emitted);
+        if admission == Admission::TooLate {
+            metrics::events_late(1);
+            self.summary.late += 1;
+            let headers = OwnedHeaders::new().insert(Header { key: "journey.late.origin", value: Some(origin().as_str()) });
+            let mut record = FutureRecord::to(&self.cfg.topics.late).payload(payload).headers(headers);
+            if let Some(k) = key {
+                record = record.key(k);
             }
-            Admission::Duplicate => {
-                metrics::duplicates_dropped(1);
-                self.summary.duplicates += 1;
-                // The detector's state is checkpointed in records of its own: a crash between
-                // the sessionizer's and the detector's records of a customer restores an event
-                // in the one and not in the other, and the replay must still reach the detector.
-                // It recognises what it already has.
-                st.detector.admit_event(&customer, &event, &st.sessionizer, &mut self.emitted_hits);
-                if moves > 0 {
-                    // A moved copy supersedes the rows of the keys it moved from, even when
-                    // this key already had the event (a duplicate that was keyed here directly).
-                    let hash = event.msisdn.as_deref().map(|m| self.pseudo.hash(m)).unwrap_or_default();
-                    self.event_rows.push(EventRow::from_event(event, &customer, hash, moves));
-                    self.event_parts.push(partition);
-                    self.buffered_bytes += 64 + 2 * payload.len();
-                }
-            }
-            Admission::TooLate => {
-                metrics::events_late(1);
-                self.summary.late += 1;
-                let headers = OwnedHeaders::new().insert(Header { key: "journey.late.origin", value: Some(origin().as_str()) });
-                let mut record = FutureRecord::to(&self.cfg.topics.late).payload(payload).headers(headers);
-                if let Some(k) = key {
-                    record = record.key(k);
-                }
-                send(&mut self.pending, producer, record);
-            }
+            send(&mut self.pending, producer, record);
+            return;
+        }
+        // Duplicates too: the detector's state is checkpointed in records of its own, so a
+        // crash between the sessionizer's and the detector's records of a customer restores an
+        // event in the one and not in the other, and the replay must still reach the detector.
+        // It recognises what it already has.
+        st.detector.admit_event(&customer, &event, &st.sessionizer, &mut self.emitted_hits);
+        let accepted = admission == Admission::Accepted;
+        if accepted {
+            self.summary.accepted += 1;
+        } else {
+            metrics::duplicates_dropped(1);
+            self.summary.duplicates += 1;
+        }
+        // A moved copy supersedes the rows of the keys it moved from, even when this key
+        // already had the event (a duplicate that was keyed here directly).
+        if accepted || moves > 0 {
+            let hash = event.msisdn.as_deref().map(|m| self.pseudo.hash(m)).unwrap_or_default();
+            self.event_rows.push(EventRow::from_event(event, &customer, hash, moves));
+            self.event_parts.push(partition);
+            self.buffered_bytes += 64 + 2 * payload.len();
         }
     }
 
