@@ -376,8 +376,9 @@ impl Detector {
         // (an absence hit fired before its window had passed in event time) may be one this
         // event cancels. A restore can bring such a hit back without the partition's quiet
         // point (a crash between the two checkpoint records), so this does not rely on it.
-        let may_cancel = c.emitted.0.iter().any(|e| !e.hit.hit.retracted && e.hit.hit.event_time >= ev.time);
-        let in_order = pos == c.events.len() && ev.time >= self.watermark && !after_quiet && !may_cancel;
+        // (Last, so it is only looked at for an event that would otherwise be in order.)
+        let may_cancel = || c.emitted.0.iter().any(|e| !e.hit.hit.retracted && e.hit.hit.event_time >= ev.time);
+        let in_order = pos == c.events.len() && ev.time >= self.watermark && !after_quiet && !may_cancel();
         if c.events.capacity() == 0 {
             // Most customers keep one or two events; the default first capacity is four.
             c.events.reserve_exact(2);
