@@ -16,9 +16,9 @@
 //! and emits the difference: new hits, changed ones with a higher version, vanished ones with
 //! `retracted = true` (kept as tombstones so a re-appearance gets a still higher version).
 
-use super::eval::{absence_open, build_hit, completes, detection_time, hit_at, Bits, DetectEvent, Described, Found, WordHash};
-use super::stored::{InlineStr, Kept, Symbols};
+use super::eval::{absence_open, build_hit, completes, detection_time, hit_at, Bits, Described, DetectEvent, Found, WordHash};
 use super::rules::{RuleSet, Shape};
+use super::stored::{InlineStr, Kept, Symbols};
 use super::DetectedHit;
 use crate::sessionize::Sessionizer;
 use journey_schemas::ChannelEvent;
