@@ -2,7 +2,7 @@
 //! table; it predates the production schema): inserts with LZ4-compressed bodies are read back
 //! exactly, and a server restart in the middle of a stream loses and duplicates nothing (the
 //! sink retries until the server is back; rows re-sent after a lost acknowledgement collapse
-//! by key).
+//! by key), and an insert into a database that does not exist yet waits for it.
 
 mod support;
 
@@ -39,7 +39,11 @@ async fn inserts_survive_a_server_restart_without_loss_or_duplicates() {
     client("default").query(&format!("CREATE DATABASE {db}")).execute().await.unwrap();
     let ch = client(&db);
     ch.query("CREATE TABLE t (id UInt64, name String, at UInt32) ENGINE = ReplacingMergeTree ORDER BY id").execute().await.unwrap();
-    let sink = ClickHouseSink::new(ch.clone(), Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(1), give_up_after: None }, false);
+    let sink = ClickHouseSink::new(
+        ch.clone(),
+        Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(1), give_up_after: None },
+        false,
+    );
 
     // A batch with text that stresses the wire format: blank lines, NUL bytes, UTF-8.
     let odd: Vec<TestRow> = (0..3).map(|i| TestRow { id: 1_000_000 + i, name: format!("line\n\nbreak\0nul é{i}"), at: i as u32 }).collect();
@@ -86,5 +90,40 @@ async fn inserts_survive_a_server_restart_without_loss_or_duplicates() {
     assert_eq!(n, batches * per, "every row once");
     let distinct: u64 = ch.query("SELECT uniqExact(id) FROM t WHERE id < 1000000").fetch_one().await.unwrap();
     assert_eq!(distinct, batches * per, "nothing lost");
+    client("default").query(&format!("DROP DATABASE {db}")).execute().await.unwrap();
+}
+
+/// A server that is shutting down answers for a moment that the database does not exist; the
+/// sink must hold the batch until it is back, not give up. Here the database really is missing
+/// when the insert starts, and appears a second later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_insert_into_a_missing_database_waits_until_it_exists() {
+    let url = ch18_url();
+    require_tcp("clickhouse-server 18.16", url.trim_start_matches("http://"));
+    let db = unique("sink18_late");
+    let sink = ClickHouseSink::new(
+        client(&db),
+        Backoff { initial: Duration::from_millis(100), max: Duration::from_millis(300), give_up_after: None },
+        false,
+    );
+    let create = {
+        let db = db.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            client("default").query(&format!("CREATE DATABASE {db}")).execute().await.unwrap();
+            client(&db)
+                .query("CREATE TABLE t (id UInt64, name String, at UInt32) ENGINE = ReplacingMergeTree ORDER BY id")
+                .execute()
+                .await
+                .unwrap();
+        })
+    };
+    let rows: Vec<TestRow> = (0..100).map(|i| TestRow { id: i, name: format!("row {i}"), at: 7 }).collect();
+    let started = std::time::Instant::now();
+    sink.insert("t", &rows, "late").await.expect("an unknown database is retried until it exists");
+    assert!(started.elapsed() >= Duration::from_millis(900), "the insert cannot have landed before the database existed");
+    create.await.unwrap();
+    let back: Vec<TestRow> = client(&db).query("SELECT id, name, at FROM t FINAL ORDER BY id").fetch_all().await.unwrap();
+    assert_eq!(back, rows);
     client("default").query(&format!("DROP DATABASE {db}")).execute().await.unwrap();
 }

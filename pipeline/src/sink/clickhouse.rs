@@ -170,27 +170,48 @@ impl From<&Emitted> for SessionRow {
 
 /// ClickHouse errors that a retry can fix: network trouble, timeouts, overload, and a server
 /// that is starting or shutting down. Anything else (bad SQL, schema mismatch) is permanent.
+///
+/// An unknown database or table counts as transient: a server that is shutting down detaches
+/// its databases while it still answers HTTP, so an insert in that window is told its database
+/// does not exist. The processor created its tables at start (migrations), so a missing one
+/// later is a restart or an operator's doing; the sink then holds the batch (back-pressure)
+/// until the table is back, rather than fail the process.
 pub fn is_transient(e: &clickhouse::error::Error) -> bool {
     use clickhouse::error::Error as E;
+    /// Server error codes that a retry can fix.
+    const TRANSIENT_CODES: [u32; 12] = [
+        60,  // UNKNOWN_TABLE (shutdown detaches tables)
+        81,  // UNKNOWN_DATABASE (shutdown detaches databases)
+        159, // TIMEOUT_EXCEEDED
+        202, // TOO_MANY_SIMULTANEOUS_QUERIES
+        203, // NO_FREE_CONNECTION
+        209, // SOCKET_TIMEOUT
+        210, // NETWORK_ERROR
+        241, // MEMORY_LIMIT_EXCEEDED
+        242, // TABLE_IS_READ_ONLY
+        252, // TOO_MANY_PARTS
+        394, // QUERY_WAS_CANCELLED (shutdown)
+        999, // KEEPER_EXCEPTION
+    ];
     match e {
         E::Network(_) | E::TimedOut => true,
-        E::BadResponse(msg) => {
-            const TRANSIENT_CODES: [&str; 10] = [
-                "Code: 159.", // TIMEOUT_EXCEEDED
-                "Code: 202.", // TOO_MANY_SIMULTANEOUS_QUERIES
-                "Code: 203.", // NO_FREE_CONNECTION
-                "Code: 209.", // SOCKET_TIMEOUT
-                "Code: 210.", // NETWORK_ERROR
-                "Code: 241.", // MEMORY_LIMIT_EXCEEDED
-                "Code: 242.", // TABLE_IS_READ_ONLY
-                "Code: 252.", // TOO_MANY_PARTS
-                "Code: 394.", // QUERY_WAS_CANCELLED (shutdown)
-                "Code: 999.", // KEEPER_EXCEPTION
-            ];
-            TRANSIENT_CODES.iter().any(|c| msg.contains(c)) || msg.contains("503") || msg.contains("502")
-        }
+        E::BadResponse(msg) => match exception_code(msg) {
+            Some(code) => TRANSIENT_CODES.contains(&code),
+            // No exception: the client's text for a bare HTTP status, e.g. a proxy's
+            // "503 Service Unavailable".
+            None => ["502 ", "503 ", "504 "].iter().any(|s| msg.starts_with(s)),
+        },
         _ => false,
     }
+}
+
+/// The server's error code in a ClickHouse error text: the number after the first `Code: `.
+/// Servers write `Code: 81. DB::Exception: ...` (18.16: `Code: 81, e.displayText() = ...`);
+/// the client writes `Code: 81` when only the `X-ClickHouse-Exception-Code` header came back.
+fn exception_code(msg: &str) -> Option<u32> {
+    let rest = &msg[msg.find("Code: ")? + "Code: ".len()..];
+    let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+    rest[..digits].parse().ok()
 }
 
 /// Retry policy of the sink.
@@ -386,5 +407,46 @@ impl IdentityRow {
             linked_at,
             version,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_transient;
+    use clickhouse::error::Error;
+
+    fn bad(msg: &str) -> Error {
+        Error::BadResponse(msg.to_string())
+    }
+
+    #[test]
+    fn a_server_shutting_down_is_transient_in_every_wording() {
+        // 18.16's body, a current server's body, and the client's text from the header alone.
+        for msg in [
+            "Code: 81, e.displayText() = DB::Exception: Database sink18_1 doesn't exist, e.what() = DB::Exception",
+            "Code: 81. DB::Exception: Database journey doesn't exist. (UNKNOWN_DATABASE) (version 24.8.1.1)",
+            "Code: 60. DB::Exception: Table journey.events does not exist. (UNKNOWN_TABLE)",
+            "Code: 394",
+            "Code: 252. DB::Exception: Too many parts (300). (TOO_MANY_PARTS)",
+            "503 Service Unavailable",
+        ] {
+            assert!(is_transient(&bad(msg)), "{msg}");
+        }
+    }
+
+    #[test]
+    fn bad_queries_and_schema_mismatches_are_permanent() {
+        for msg in [
+            "Code: 62. DB::Exception: Syntax error: failed at position 1. (SYNTAX_ERROR)",
+            "Code: 16. DB::Exception: No such column region in table journey.events. (NO_SUCH_COLUMN_IN_TABLE)",
+            // A code is read as a whole number: 8100 is not 81, and 1 is not 159.
+            "Code: 8100. DB::Exception: something else",
+            "Code: 1. DB::Exception: Unsupported method. (UNSUPPORTED_METHOD)",
+            // A status code inside the text is not the response's status.
+            "Code: 27. DB::Exception: Cannot parse input: expected 503 before: x. (CANNOT_PARSE_INPUT_ASSERTION_FAILED)",
+            "400 Bad Request",
+        ] {
+            assert!(!is_transient(&bad(msg)), "{msg}");
+        }
     }
 }
