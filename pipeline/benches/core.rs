@@ -5,7 +5,10 @@
 //! Run: `cargo bench -p journey-pipeline --bench core` (all groups), or one group, e.g.
 //! `cargo bench -p journey-pipeline --bench core -- core/all`. `EVENTS=N CUSTOMERS=N` change the
 //! data (default 2,000,000 events over 1,000,000 customers and 7 days of event time);
-//! `CLOCK=cpu` measures the thread's CPU time instead of wall time (see `support/clock.rs`).
+//! `CLOCK=cpu` measures the thread's CPU time instead of wall time (see `support/clock.rs`);
+//! `RULES=FILE` gives the detector groups another rule file than the built-in one; `STATE=1`
+//! prints, before timing, how many customers and events one pass leaves in the sessionizer and
+//! the detector.
 //!
 //! Groups: `core/all` is the whole path, one event after another, as the runtime runs it;
 //! `core/decode`, `core/stitch`, `core/sessionize` and `core/encode` time each stage alone on
@@ -59,6 +62,16 @@ fn encoded_events(codec: &Codec) -> Vec<Vec<u8>> {
             _ => None,
         })
         .collect()
+}
+
+/// The rules of the detector groups: the built-in set, or the file `RULES` names (to see what
+/// a rule set, or a rule left out, costs).
+fn bench_rules() -> Arc<RuleSet> {
+    let text = match std::env::var("RULES") {
+        Ok(path) => std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("RULES={path}: {e}")),
+        Err(_) => journey_pipeline::config::BUILTIN_RULES.to_string(),
+    };
+    Arc::new(RuleSet::from_toml(&text).expect("valid rules"))
 }
 
 fn pseudonymizer() -> Pseudonymizer {
@@ -115,7 +128,7 @@ impl Core {
             pseudo: PseudonymCache::new(pseudonymizer()),
             buf: StitchBuffers::default(),
             z: Sessionizer::new(PARAMS),
-            detector: rules.map(|r| Detector::new(r.clone(), PARAMS.horizon_ms)),
+            detector: rules.map(|r| Detector::beside_sessions(r.clone(), PARAMS.horizon_ms, PARAMS.gap_ms)),
             hits: Vec::new(),
             emitted: Vec::new(),
             rows: Vec::with_capacity(1024),
@@ -191,7 +204,20 @@ fn core(c: &mut Criterion<clock::Clock>) {
     group.sampling_mode(SamplingMode::Flat);
 
     group.bench_function("all", |b| b.iter_with_large_drop(|| all(&codec, &records, None)));
-    let rules = Arc::new(RuleSet::from_toml(journey_pipeline::config::BUILTIN_RULES).expect("built-in rules"));
+    let rules = bench_rules();
+    if std::env::var_os("STATE").is_some() {
+        // What one pass leaves in memory (untimed): how much state the detector adds.
+        let core = all(&codec, &records, Some(&rules));
+        let d = core.detector.as_ref().expect("rules given");
+        println!(
+            "state after one pass: sessionizer {} customers, {} events; detector {} customers, {} events (served from the sessionizer: {:?})",
+            core.z.customers(),
+            core.z.retained_events(),
+            d.customers(),
+            d.retained_events(),
+            d.served_rules()
+        );
+    }
     group.bench_function("all_with_detect", |b| b.iter_with_large_drop(|| all(&codec, &records, Some(&rules))));
 
     // Steady state: the first half of the stream builds the state untimed (every customer of

@@ -5,7 +5,9 @@
 //! Checked: batch [`evaluate`] equals the reference; the streaming [`Detector`], fed in a
 //! random arrival order where no event is older than `watermark - horizon` when it arrives
 //! (with a real sessionizer in lock-step and random checkpoint/restore cycles), ends with
-//! latest non-retracted hit versions equal to the reference, session ids included.
+//! latest non-retracted hit versions equal to the reference, session ids included; both as a
+//! detector that keeps every matching event and as one beside the sessionizer, which finds
+//! the earlier steps of short rules among the sessionizer's events.
 
 use journey_pipeline::detect::{decode_snapshot, encode_snapshot, evaluate, hit_id, DetectEvent, DetectedHit, Detector, RuleSet};
 use journey_pipeline::sessionize::{batch_sessions, SessionEvent, SessionParams, Sessionizer};
@@ -267,7 +269,9 @@ fn row(h: &DetectedHit) -> Row {
 // ------------------------------------------------------------------ generators
 
 const CHANNELS: [Channel; 4] = [Channel::App, Channel::Ivr, Channel::ContactCentre, Channel::Chat];
-const TYPES: [&str; 3] = ["a", "b", "c"];
+// `contact.start` is the one type the sessionizer keeps (as `assisted`): rules on it can be
+// served from the sessionizer's events.
+const TYPES: [&str; 3] = ["a", "b", "contact.start"];
 const TOPICS: [&str; 2] = ["x", "y"];
 const OUTCOMES: [&str; 2] = ["ok", "no"];
 const KS: [&str; 2] = ["1", "2"];
@@ -471,52 +475,6 @@ proptest! {
         }
         let horizon = horizon + run.slack;
         let params = SessionParams { gap_ms: run.gap, max_duration_ms: run.max_duration, horizon_ms: horizon };
-        let mut sessions = Sessionizer::new(params);
-        let mut detector = Detector::new(rules.clone(), horizon);
-        let mut out: Vec<DetectedHit> = Vec::new();
-        let mut session_out = Vec::new();
-        let mut max_seen = i64::MIN;
-        for (pos, &i) in order.iter().enumerate() {
-            let (customer, e) = &events[i];
-            let late_for_sessions = e.event_time < sessions.watermark();
-            sessions.admit(customer, session_event(e), &mut session_out);
-            detector.admit(customer, DetectEvent::from_event(e, &rules), &sessions, &mut out);
-            if late_for_sessions {
-                detector.note_recut(customer, &sessions, &mut out);
-            }
-            max_seen = max_seen.max(e.event_time);
-            let wm = max_seen - run.lateness;
-            sessions.advance(wm, &mut session_out);
-            detector.advance(wm, &sessions, &mut out);
-            if run.restarts.contains(&pos) {
-                // A restart: every customer's state through the binary format into a new detector.
-                let mut fresh = Detector::new(rules.clone(), horizon);
-                fresh.restore_watermark(detector.watermark());
-                for c in CUSTOMERS {
-                    if let Some(snap) = detector.snapshot(c) {
-                        fresh.restore(decode_snapshot(&encode_snapshot(&snap)).expect("snapshot round trip"));
-                    }
-                }
-                prop_assert_eq!(fresh.customers(), detector.customers());
-                prop_assert_eq!(fresh.retained_events(), detector.retained_events());
-                detector = fresh;
-            }
-        }
-        detector.flush_all(&sessions, &mut out);
-        prop_assert_eq!(detector.customers(), 0);
-        prop_assert_eq!(detector.retained_events(), 0);
-
-        // Latest version of every hit id, versions strictly growing.
-        let mut latest: BTreeMap<String, DetectedHit> = BTreeMap::new();
-        for h in &out {
-            if let Some(prev) = latest.get(&h.hit.hit_id) {
-                prop_assert!(h.hit.version > prev.hit.version, "versions must grow: {:?} then {:?}", prev.hit, h.hit);
-            }
-            latest.insert(h.hit.hit_id.clone(), h.clone());
-        }
-        let mut got: Vec<Row> = latest.values().filter(|h| !h.hit.retracted).map(row).collect();
-        got.sort();
-
         let mut want = Vec::new();
         for (customer, evs) in by_customer(&events) {
             let cut = batch_sessions(&customer, &evs.iter().map(session_event).collect::<Vec<_>>(), &params);
@@ -531,7 +489,57 @@ proptest! {
             }
         }
         want.sort();
-        prop_assert_eq!(got, want, "rules:\n{}", rules_toml(&specs));
+        // Both ways the detector runs: keeping every event the rules match, and beside the
+        // sessionizer, finding the earlier steps of short rules among its events.
+        for beside in [false, true] {
+            let mut sessions = Sessionizer::new(params);
+            let new_detector = || if beside { Detector::beside_sessions(rules.clone(), horizon, run.gap) } else { Detector::new(rules.clone(), horizon) };
+            let mut detector = new_detector();
+            let mut out: Vec<DetectedHit> = Vec::new();
+            let mut session_out = Vec::new();
+            let mut max_seen = i64::MIN;
+            for (pos, &i) in order.iter().enumerate() {
+                let (customer, e) = &events[i];
+                let late_for_sessions = e.event_time < sessions.watermark();
+                sessions.admit(customer, session_event(e), &mut session_out);
+                detector.admit(customer, DetectEvent::from_event(e, &rules), &sessions, &mut out);
+                if late_for_sessions {
+                    detector.note_recut(customer, &sessions, &mut out);
+                }
+                max_seen = max_seen.max(e.event_time);
+                let wm = max_seen - run.lateness;
+                sessions.advance(wm, &mut session_out);
+                detector.advance(wm, &sessions, &mut out);
+                if run.restarts.contains(&pos) {
+                    // A restart: every customer's state through the binary format into a new detector.
+                    let mut fresh = new_detector();
+                    fresh.restore_watermark(detector.watermark());
+                    for c in CUSTOMERS {
+                        if let Some(snap) = detector.snapshot(c) {
+                            fresh.restore(decode_snapshot(&encode_snapshot(&snap)).expect("snapshot round trip"));
+                        }
+                    }
+                    prop_assert_eq!(fresh.customers(), detector.customers());
+                    prop_assert_eq!(fresh.retained_events(), detector.retained_events());
+                    detector = fresh;
+                }
+            }
+            detector.flush_all(&sessions, &mut out);
+            prop_assert_eq!(detector.customers(), 0);
+            prop_assert_eq!(detector.retained_events(), 0);
+
+            // Latest version of every hit id, versions strictly growing.
+            let mut latest: BTreeMap<String, DetectedHit> = BTreeMap::new();
+            for h in &out {
+                if let Some(prev) = latest.get(&h.hit.hit_id) {
+                    prop_assert!(h.hit.version > prev.hit.version, "versions must grow: {:?} then {:?}", prev.hit, h.hit);
+                }
+                latest.insert(h.hit.hit_id.clone(), h.clone());
+            }
+            let mut got: Vec<Row> = latest.values().filter(|h| !h.hit.retracted).map(row).collect();
+            got.sort();
+            prop_assert_eq!(got, want.clone(), "beside_sessions: {}, rules:\n{}", beside, rules_toml(&specs));
+        }
     }
 }
 

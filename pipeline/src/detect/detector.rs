@@ -1,7 +1,8 @@
 //! The incremental scenario detector: one per input partition, state per customer.
 //!
 //! State, per customer, and what bounds it: only events that match some predicate of some
-//! rule are kept, each until `watermark - horizon - W` passes it (W = the largest window of
+//! rule are kept (beside a sessionizer, not even those that only the earlier steps of short
+//! rules served from its events use: see `served.rs` and [`Detector::beside_sessions`]), each until `watermark - horizon - W` passes it (W = the largest window of
 //! the rules whose predicates it matches): after that no hit that can still change (detection
 //! time >= `watermark - horizon`) can include it, whether as a step, a counted event, an
 //! absence trigger or a follower. Emitted hits are kept until final (detection time older than
@@ -18,9 +19,10 @@
 
 use super::eval::{absence_open, build_hit, completes, detection_time, hit_at, Bits, Described, DetectEvent, Found, WordHash};
 use super::rules::{RuleSet, Shape};
+use super::served::{self, Served};
 use super::stored::{InlineStr, Kept, Symbols};
 use super::DetectedHit;
-use crate::sessionize::Sessionizer;
+use crate::sessionize::{SessionEvent, Sessionizer};
 use journey_schemas::ChannelEvent;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
@@ -32,6 +34,14 @@ use std::sync::Arc;
 pub trait SessionLookup {
     /// Id of the session that contains event `(time, event_id)` of `customer`, if known.
     fn session_of(&self, customer: &str, time: i64, event_id: &str) -> Option<String>;
+
+    /// The retained events of `customer`, sorted by (time, id), with the watermark of the
+    /// store: every event at or after `watermark - horizon - gap` must be among them. `None`
+    /// if this lookup keeps no events (a detector built with
+    /// [`Detector::beside_sessions`] cannot use it).
+    fn session_events(&self, _customer: &str) -> Option<(&[SessionEvent], i64)> {
+        None
+    }
 }
 
 /// A lookup that knows no session (hits carry `session_id = None`).
@@ -47,6 +57,10 @@ impl SessionLookup for NoSessions {
 impl SessionLookup for Sessionizer {
     fn session_of(&self, customer: &str, time: i64, event_id: &str) -> Option<String> {
         Sessionizer::session_of(self, customer, time, event_id)
+    }
+
+    fn session_events(&self, customer: &str) -> Option<(&[SessionEvent], i64)> {
+        Some((self.events_of(customer), self.watermark()))
     }
 }
 
@@ -119,6 +133,10 @@ struct CustomerState {
 pub struct Detector {
     rules: Arc<RuleSet>,
     horizon_ms: i64,
+    /// The sessionizer's gap, when built beside it ([`Detector::beside_sessions`]).
+    session_gap_ms: Option<i64>,
+    /// Rules whose earlier steps are found among the sessionizer's events (see `served.rs`).
+    served: Served,
     /// Pruning deadlines are rounded up to a multiple of this, so that a customer's expiries
     /// coalesce into few timer firings (state is kept at most this much longer).
     prune_grid_ms: i64,
@@ -147,6 +165,8 @@ impl Detector {
     /// An empty detector; events older than `watermark - horizon_ms` must not be admitted.
     pub fn new(rules: Arc<RuleSet>, horizon_ms: i64) -> Detector {
         Detector {
+            served: Served::none(&rules),
+            session_gap_ms: None,
             rules,
             horizon_ms: horizon_ms.max(0),
             prune_grid_ms: (horizon_ms / 8).clamp(1, 3_600_000),
@@ -162,6 +182,23 @@ impl Detector {
             dirty_epoch: 1,
             dirty_removed: Vec::new(),
         }
+    }
+
+    /// A detector beside a sessionizer with this `gap_ms` (and the same horizon), as the
+    /// processor runs it: short sequence rules whose steps read only what the sessionizer
+    /// keeps find their earlier steps among its events, so the detector does not keep those
+    /// events itself (see `served.rs`). Every [`SessionLookup`] passed to it must then be that
+    /// sessionizer, with the event just admitted to it.
+    pub fn beside_sessions(rules: Arc<RuleSet>, horizon_ms: i64, gap_ms: i64) -> Detector {
+        let mut d = Detector::new(rules, horizon_ms);
+        d.session_gap_ms = Some(gap_ms);
+        d.served = Served::beside_sessions(&d.rules, gap_ms);
+        d
+    }
+
+    /// The names of the rules served from the sessionizer's events.
+    pub fn served_rules(&self) -> Vec<&str> {
+        self.rules.rules().iter().zip(&self.served.rules).filter(|(_, &s)| s).map(|(r, _)| r.name.as_str()).collect()
     }
 
     /// The rules in force.
@@ -284,9 +321,9 @@ impl Detector {
     /// recognised (they cannot change any hit). Events older than `watermark - horizon` are
     /// ignored (the runtime sends them to the late topic before they get here).
     pub fn admit(&mut self, customer: &str, ev: DetectEvent, sessions: &dyn SessionLookup, out: &mut Vec<DetectedHit>) -> bool {
-        let bits = self.rules.match_bits(&ev);
+        let (bits, served_step) = self.kept_bits(self.rules.match_bits(&ev));
         if bits.is_empty() {
-            self.admit_irrelevant(customer, ev.time, &ev.id, sessions, out);
+            self.admit_unkept(customer, ev.time, &ev.id, served_step, sessions, out);
             return true;
         }
         if self.too_late(ev.time) {
@@ -301,9 +338,9 @@ impl Detector {
     /// [`Detector::admit`] straight from the raw event: the fast path for the runtime, since
     /// events no rule can use are recognised without extracting anything from them.
     pub fn admit_event(&mut self, customer: &str, e: &ChannelEvent, sessions: &dyn SessionLookup, out: &mut Vec<DetectedHit>) -> bool {
-        let bits = self.rules.match_bits(e);
+        let (bits, served_step) = self.kept_bits(self.rules.match_bits(e));
         if bits.is_empty() {
-            self.admit_irrelevant(customer, e.event_time, &e.event_id, sessions, out);
+            self.admit_unkept(customer, e.event_time, &e.event_id, served_step, sessions, out);
             return true;
         }
         if self.too_late(e.event_time) {
@@ -313,6 +350,15 @@ impl Detector {
         let expires = self.expiry(e.event_time, &bits);
         let k = Kept::from_event(e, &self.rules, &mut self.symbols, bits, expires);
         self.admit_matched(customer, k, sessions, out)
+    }
+
+    /// The predicates of `bits` the detector keeps the event for, and whether it matched only
+    /// earlier steps of rules served from the sessionizer (which keeps it instead).
+    fn kept_bits(&self, bits: Bits) -> (Bits, bool) {
+        let matched = !bits.is_empty();
+        let kept = self.served.kept(bits);
+        let served_step = matched && kept.is_empty();
+        (kept, served_step)
     }
 
     /// When a retained event matching `bits` can be dropped (see the module docs).
@@ -339,15 +385,29 @@ impl Detector {
         self.watermark != i64::MIN && time < self.watermark.saturating_sub(self.horizon_ms)
     }
 
-    /// An event no rule matches is not kept; landing before kept events, it may have re-cut
-    /// their sessions.
-    fn admit_irrelevant(&mut self, customer: &str, time: i64, id: &str, sessions: &dyn SessionLookup, out: &mut Vec<DetectedHit>) {
+    /// An event the detector does not keep. Landing before kept events, it may have re-cut
+    /// their sessions; if it is an earlier step of a served rule (`served_step`), it may also
+    /// change the hits of completing events after it, which are always kept. An in-order one
+    /// changes nothing: every hit it can take part in ends at a later event.
+    fn admit_unkept(
+        &mut self,
+        customer: &str,
+        time: i64,
+        id: &str,
+        served_step: bool,
+        sessions: &dyn SessionLookup,
+        out: &mut Vec<DetectedHit>,
+    ) {
         if self.too_late(time) {
             return;
         }
         if let Some(&idx) = self.index.get(customer.as_bytes()) {
             if self.customers[idx].events.last().is_some_and(|l| l.key() > (time, id.as_bytes())) {
-                self.refresh_sessions(idx, sessions, out);
+                if served_step {
+                    self.reconcile(idx, sessions, out);
+                } else {
+                    self.refresh_sessions(idx, sessions, out);
+                }
             }
         }
     }
@@ -403,12 +463,14 @@ impl Detector {
         let floor = self.version_floor;
         let horizon = self.horizon_ms;
         let grid = self.prune_grid_ms;
-        let Detector { rules, customers, symbols, .. } = self;
+        let Detector { rules, customers, symbols, served, .. } = self;
         let c = &mut customers[idx];
         let k = c.events.len() - 1;
         let mut next = grid_up(c.events[k].expires, grid);
         let ev = &c.events[k];
         let rules_to_check = if rules.may_complete(&ev.bits) { rules.compiled.len() } else { 0 };
+        // The sessionizer's events within the longest served window, read once if needed.
+        let mut steps: Option<Option<Vec<served::Step>>> = None;
         for (ri, r) in rules.compiled.iter().enumerate().take(rules_to_check) {
             if !completes(r, ev) {
                 continue;
@@ -421,6 +483,18 @@ impl Detector {
                 }
                 c.pending.push(Pending { deadline, rule: ri, time: ev.time, id: ev.id.clone(), session });
                 next = next.min(deadline);
+            } else if served.rules[ri] {
+                let steps = steps.get_or_insert_with(|| {
+                    let (evs, _) = session_events(sessions, c.key.as_str());
+                    served::window(rules, evs, ev.time.saturating_sub(served.max_window_ms), ev.time, ev.id.as_str())
+                });
+                let Some(steps) = steps else { continue };
+                if let Some(matched) = hit_at(rules, ri, steps, steps.len() - 1) {
+                    let session = sessions.session_of(c.key.as_str(), ev.time, ev.id.as_str());
+                    let hit = build_hit(rules, c.key.as_str(), steps, &Found { rule: ri, matched }, session, |s| s.described());
+                    next = next.min(grid_up(hit.hit.event_time.saturating_add(horizon), grid));
+                    put(&mut c.emitted, floor, hit, ev.time, out);
+                }
             } else if let Some(matched) = hit_at(rules, ri, &c.events, k) {
                 let session = sessions.session_of(c.key.as_str(), ev.time, ev.id.as_str());
                 let hit = build_hit(rules, c.key.as_str(), &c.events, &Found { rule: ri, matched }, session, describe(symbols));
@@ -489,21 +563,55 @@ impl Detector {
         }
     }
 
-    /// Recomputes the customer's non-final hits from its retained events and emits the
-    /// difference with what was emitted; rebuilds its open absence triggers.
+    /// Recomputes the customer's non-final hits from its retained events (and, for served
+    /// rules, the sessionizer's) and emits the difference with what was emitted; rebuilds its
+    /// open absence triggers.
     fn reconcile(&mut self, idx: usize, sessions: &dyn SessionLookup, out: &mut Vec<DetectedHit>) {
         let rules = Arc::clone(&self.rules);
         let wm = self.watermark;
         let idle = self.idle_closed_upto;
         let lo = wm.saturating_sub(self.horizon_ms);
         let floor = self.version_floor;
+        let horizon = self.horizon_ms;
         self.mark_dirty(idx);
-        let Detector { customers, symbols, .. } = self;
+        let Detector { customers, symbols, served, .. } = self;
         let c = &mut customers[idx];
         let evs = &c.events;
-        let mut computed: Vec<(i64, usize, usize, DetectedHit)> = Vec::new();
+        // The sessionizer's events, for the served rules. Its watermark may be ahead of ours
+        // (it advances first); it may have pruned what hits detected before its own
+        // `watermark - horizon` need, but those hits are final to any event it still admits.
+        let (steps, lo_served) = if served.any() {
+            let (evs, wm) = session_events(sessions, c.key.as_str());
+            let steps: Vec<served::Step> = evs.iter().map(|e| served::Step::new(&rules, e)).collect();
+            (steps, lo.max(wm.saturating_sub(horizon)))
+        } else {
+            (Vec::new(), lo)
+        };
+        // (detection time, rule, trigger position, trigger time, hit)
+        let mut computed: Vec<(i64, usize, usize, i64, DetectedHit)> = Vec::new();
         let mut pending = Vec::new();
+        let session_for = |c: &CustomerState, hit: &DetectedHit, time: i64, id: &str, hint: Option<String>| {
+            sessions
+                .session_of(c.key.as_str(), time, id)
+                .or_else(|| c.emitted.get(&hit.hit.hit_id).and_then(|e| e.hit.hit.session_id.clone()))
+                .or(hint)
+        };
         for (ri, r) in rules.compiled.iter().enumerate() {
+            if served.rules[ri] {
+                for k in 0..steps.len() {
+                    let st = &steps[k];
+                    if !completes(r, st) || st.key().0 < lo_served {
+                        continue;
+                    }
+                    let Some(matched) = hit_at(&rules, ri, &steps, k) else { continue };
+                    let mut hit = build_hit(&rules, c.key.as_str(), &steps, &Found { rule: ri, matched }, None, |s| s.described());
+                    let (time, id) = st.key();
+                    let id = std::str::from_utf8(id).unwrap_or_default();
+                    hit.hit.session_id = session_for(c, &hit, time, id, None);
+                    computed.push((time, ri, k, time, hit));
+                }
+                continue;
+            }
             for k in 0..evs.len() {
                 let ev = &evs[k];
                 if !completes(r, ev) || detection_time(&rules, ri, ev.time) < lo {
@@ -519,25 +627,23 @@ impl Detector {
                 }
                 let f = Found { rule: ri, matched };
                 let mut hit = build_hit(&rules, c.key.as_str(), evs, &f, None, describe(symbols));
-                hit.hit.session_id = sessions
-                    .session_of(c.key.as_str(), ev.time, ev.id.as_str())
-                    .or_else(|| c.emitted.get(&hit.hit.hit_id).and_then(|e| e.hit.hit.session_id.clone()))
-                    .or(old_hint);
-                computed.push((det, ri, k, hit));
+                hit.hit.session_id = session_for(c, &hit, ev.time, ev.id.as_str(), old_hint);
+                computed.push((det, ri, k, ev.time, hit));
             }
         }
         // Emissions in detection order, like the batch result.
-        computed.sort_by_key(|(det, ri, k, _)| (*det, *ri, *k));
+        computed.sort_by_key(|(det, ri, k, _, _)| (*det, *ri, *k));
         let mut live = HashSet::with_capacity(computed.len());
-        for (_, _, k, hit) in computed {
+        for (_, _, _, time, hit) in computed {
             live.insert(hit.hit.hit_id.clone());
-            put(&mut c.emitted, floor, hit, evs[k].time, out);
+            put(&mut c.emitted, floor, hit, time, out);
         }
         let mut retracted = Vec::new();
         for e in c.emitted.0.iter_mut() {
             let h = &mut e.hit.hit;
-            let current = u32::try_from(h.rule_version).is_ok_and(|v| rules.position(&h.rule, v).is_some());
-            if !h.retracted && h.event_time >= lo && current && !live.contains(&h.hit_id) {
+            let Some(ri) = u32::try_from(h.rule_version).ok().and_then(|v| rules.position(&h.rule, v)) else { continue };
+            let changeable_from = if served.rules[ri] { lo_served } else { lo };
+            if !h.retracted && h.event_time >= changeable_from && !live.contains(&h.hit_id) {
                 h.version = (h.version + 1).max(floor);
                 h.retracted = true;
                 retracted.push(e.hit.clone());
@@ -657,6 +763,10 @@ impl Detector {
             return;
         }
         let old = std::mem::replace(&mut self.rules, rules);
+        self.served = match self.session_gap_ms {
+            Some(gap) => Served::beside_sessions(&self.rules, gap),
+            None => Served::none(&self.rules),
+        };
         let horizon = self.horizon_ms;
         let wm = self.watermark;
         let idle = self.idle_closed_upto;
@@ -666,7 +776,7 @@ impl Detector {
             let c = &mut self.customers[idx];
             let mut kept = Vec::with_capacity(c.events.len());
             for mut k in std::mem::take(&mut c.events) {
-                k.bits = rules.match_bits(&k.fields(&self.symbols));
+                k.bits = self.served.kept(rules.match_bits(&k.fields(&self.symbols)));
                 if !k.bits.is_empty() {
                     k.expires = k.time.saturating_add(horizon).saturating_add(rules.keep_ms(&k.bits));
                     kept.push(k);
@@ -735,12 +845,13 @@ impl Detector {
         let horizon = self.horizon_ms;
         let idx = self.slot_for(&snap.key);
         let symbols = &mut self.symbols;
+        let served = &self.served;
         let c = &mut self.customers[idx];
         let mut events: Vec<Kept> = snap
             .events
             .iter()
             .filter_map(|ev| {
-                let bits = rules.match_bits(ev);
+                let bits = served.kept(rules.match_bits(ev));
                 if bits.is_empty() {
                     return None;
                 }
@@ -863,6 +974,12 @@ fn sort_keys(keys: &mut Vec<String>) {
 /// What a hit reports of a retained event.
 fn describe<'a>(symbols: &'a Symbols) -> impl Fn(&'a Kept) -> Described<'a> + 'a {
     |k| Described { channel: k.channel, id: k.id.as_str(), topic: k.topic(symbols), region: k.region(symbols) }
+}
+
+/// The sessionizer's events of `customer` and its watermark; the lookup of a detector built
+/// beside a sessionizer must be one.
+fn session_events<'a>(sessions: &'a dyn SessionLookup, customer: &str) -> (&'a [SessionEvent], i64) {
+    sessions.session_events(customer).expect("a detector built beside_sessions is given the sessionizer as its lookup")
 }
 
 /// `d` rounded up to a multiple of `grid` (saturating).

@@ -26,6 +26,7 @@
 mod detector;
 mod eval;
 mod rules;
+mod served;
 mod snapshot;
 mod stored;
 

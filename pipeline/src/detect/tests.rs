@@ -931,3 +931,86 @@ fn attributes_and_other_same_fields_stream_as_in_batch() {
     assert!(batch.iter().any(|h| h.hit.rule == "screen_then_call") && batch.iter().any(|h| h.hit.rule == "same_channel"));
     assert_eq!(latest(&out), summary(&batch));
 }
+
+#[test]
+fn short_rules_on_what_the_sessionizer_keeps_are_served_from_it() {
+    let builtin = Arc::new(rules(BUILTIN));
+    // Windows of 30 and 10 minutes fit a 30-minute gap; bot_not_understood reads `outcome`,
+    // error_then_contact's window (60 minutes) is longer than the gap.
+    let d = Detector::beside_sessions(builtin.clone(), 24 * HOUR, 30 * MIN);
+    assert_eq!(d.served_rules(), vec!["app_then_call", "ivr_to_agent"]);
+    assert_eq!(Detector::beside_sessions(builtin.clone(), 24 * HOUR, 10 * MIN).served_rules(), vec!["ivr_to_agent"]);
+    assert!(Detector::beside_sessions(builtin.clone(), 24 * HOUR, 5 * MIN).served_rules().is_empty());
+    assert!(Detector::new(builtin, 24 * HOUR).served_rules().is_empty());
+    // Other event types than contact.start, other `same` fields and other kinds stay with the detector.
+    let r = Arc::new(rules(
+        r#"
+[[rule]]
+name = "typed"
+kind = "sequence"
+within = "5m"
+steps = [{ event_type = "app.open" }, { event_type = "contact.start" }]
+[[rule]]
+name = "same_region_is_kept_by_the_sessionizer_but_not_compared"
+kind = "sequence"
+within = "5m"
+same = ["region"]
+steps = [{ channel = "APP" }, { event_type = "contact.start" }]
+[[rule]]
+name = "topic_and_channel"
+kind = "sequence"
+within = "5m"
+same = ["topic", "channel"]
+steps = [{ channel = ["APP", "WEB"], topic = ["billing"] }, { event_type = "contact.start" }]
+[[rule]]
+name = "count"
+kind = "count"
+within = "5m"
+at_least = 2
+match = { channel = "APP" }
+"#,
+    ));
+    assert_eq!(Detector::beside_sessions(r, 24 * HOUR, 30 * MIN).served_rules(), vec!["topic_and_channel"]);
+}
+
+#[test]
+fn served_steps_are_not_kept_and_a_late_one_still_makes_its_hit() {
+    use crate::sessionize::{SessionEvent, SessionParams, Sessionizer};
+    let r = Arc::new(rules(BUILTIN));
+    let p = SessionParams { gap_ms: 30 * MIN, max_duration_ms: 24 * HOUR, horizon_ms: 24 * HOUR };
+    let mut z = Sessionizer::new(p);
+    let mut d = Detector::beside_sessions(r.clone(), p.horizon_ms, p.gap_ms);
+    let (mut sessions, mut out) = (Vec::new(), Vec::new());
+    let t0 = 1_000 * HOUR;
+    let mut feed = |z: &mut Sessionizer, d: &mut Detector, e: ChannelEvent, out: &mut Vec<DetectedHit>| {
+        z.admit("c1", SessionEvent::from_event(&e), &mut sessions);
+        d.admit_event("c1", &e, z, out);
+    };
+    // In order: an app event, then a call 20 minutes later. The detector keeps only the call.
+    feed(&mut z, &mut d, raw(t0, "app1", Channel::App, "app.open"), &mut out);
+    assert_eq!(d.retained_events(), 0, "an APP event matters only to served rules");
+    feed(&mut z, &mut d, raw(t0 + 20 * MIN, "call1", Channel::ContactCentre, "contact.start"), &mut out);
+    assert_eq!(d.retained_events(), 1);
+    let hits: Vec<_> = out.iter().filter(|h| h.hit.rule == "app_then_call").map(|h| h.hit.matched_event_ids.clone()).collect();
+    assert_eq!(hits, vec![ids(&["app1", "call1"])]);
+    // A later app event that arrives late, between the two: the hit now names it (the latest
+    // earlier step), with a higher version.
+    out.clear();
+    feed(&mut z, &mut d, raw(t0 + 10 * MIN, "app2", Channel::App, "app.open"), &mut out);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].hit.matched_event_ids, ids(&["app2", "call1"]));
+    assert!(out[0].hit.version > 1);
+    // An IVR event arriving late, 5 minutes before the call, completes ivr_to_agent.
+    out.clear();
+    feed(&mut z, &mut d, raw(t0 + 15 * MIN, "ivr1", Channel::Ivr, "ivr.menu"), &mut out);
+    assert_eq!(summary(&out), vec![("ivr_to_agent".to_string(), "call1".to_string(), ids(&["ivr1", "call1"]), t0 + 20 * MIN)]);
+    assert_eq!(d.retained_events(), 1);
+}
+
+#[test]
+#[should_panic(expected = "given the sessionizer")]
+fn a_detector_beside_sessions_refuses_a_lookup_without_events() {
+    let mut d = Detector::beside_sessions(Arc::new(rules(BUILTIN)), 24 * HOUR, 30 * MIN);
+    let mut out = Vec::new();
+    d.admit_event("c1", &raw(0, "call1", Channel::ContactCentre, "contact.start"), &NoSessions, &mut out);
+}

@@ -122,7 +122,7 @@ impl PartitionState {
     fn new(params: SessionParams, rules: Arc<RuleSet>, offset: i64) -> PartitionState {
         PartitionState {
             sessionizer: Sessionizer::new(params),
-            detector: Detector::new(rules, params.horizon_ms),
+            detector: Detector::beside_sessions(rules, params.horizon_ms, params.gap_ms),
             next_offset: offset,
             committed: -1,
             max_event_time: i64::MIN,
@@ -1055,7 +1055,7 @@ mod tests {
         // sessionizer's came back with the app event, the detector's did not.
         let rules = p.rules().clone();
         let st = p.partitions.get_mut(&0).unwrap();
-        st.detector = Detector::new(rules, p.params.horizon_ms);
+        st.detector = Detector::beside_sessions(rules, p.params.horizon_ms, p.params.gap_ms);
         // The replay brings the app event again (a duplicate to the sessionizer), then a call.
         p.handle(&producer, "keyed", 0, 0, Some(b"crm:C1"), &app, None, 0);
         let call = record(&codec, "e-call", t0 + 60_000, journey_schemas::Channel::ContactCentre, "contact.start");

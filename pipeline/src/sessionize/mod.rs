@@ -523,6 +523,15 @@ impl Sessionizer {
         Some(session_id(&c.key, &c.events[start].id))
     }
 
+    /// The retained events of `customer`, sorted by (time, id): every event of it at or after
+    /// `watermark - horizon - gap` (only whole sessions that ended before are pruned).
+    pub fn events_of(&self, customer: &str) -> &[SessionEvent] {
+        match self.index.get(&self.customers, customer) {
+            Some(i) => &self.customers[i].events,
+            None => &[],
+        }
+    }
+
     /// Sets the lowest version of future emissions.
     pub fn set_version_floor(&mut self, v: i64) {
         self.version_floor = self.version_floor.max(v);
