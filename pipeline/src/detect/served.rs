@@ -13,6 +13,12 @@
 //! and IVR event (`app_then_call`, `ivr_to_agent`), about half of all events. The completing
 //! step is still kept, as for every rule, so the detector still sees in-order and out-of-order
 //! arrivals of the events that end hits.
+//!
+//! This needs the sessionizer to have admitted every event the detector has. The processor
+//! admits each event to the sessionizer first, and after a crash the sessionizer's state is
+//! never older than the detector's: in each checkpoint the sessionizer's records precede the
+//! detector's in the same changelog partition, so a torn checkpoint loses detector records
+//! first, and the replay brings those events to both again.
 
 use super::eval::{Bits, Described, EventFields, SameValue, View};
 use super::rules::{Predicate, RuleSet, SameField, Shape};
