@@ -2,8 +2,9 @@
 //!
 //! State, per customer, and what bounds it: only events that match some predicate of some
 //! rule are kept (beside a sessionizer, not even those that only the earlier steps of short
-//! rules served from its events use: see `served.rs` and [`Detector::beside_sessions`]), each until `watermark - horizon - W` passes it (W = the largest window of
-//! the rules whose predicates it matches): after that no hit that can still change (detection
+//! rules served from its events use: see `served.rs` and [`Detector::beside_sessions`]), each
+//! until `watermark - horizon - W` passes it (W = the largest window of the rules whose
+//! predicates it matches): after that no hit that can still change (detection
 //! time >= `watermark - horizon`) can include it, whether as a step, a counted event, an
 //! absence trigger or a follower. Emitted hits are kept until final (detection time older than
 //! `watermark - horizon`), absence triggers until their window closes. Pruning runs on a
