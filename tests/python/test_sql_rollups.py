@@ -147,13 +147,18 @@ def test_refresh_reads_only_what_recently_arrived(ch):  # noqa: F811
 
     # Each step of a refresh reads a few granules (8192 rows) through a sorting key or the
     # inserted_at index: a fixed amount, whatever the size of the tables (1 million rows here).
+    # Besides them it reads the few rows of the small parts the inserts above made, whole
+    # (how many depends on whether the server has merged them yet: `small`).
     reads = {r["view"]: r["read_rows"] for r in ch.rows(
         "SELECT view, read_rows FROM system.view_refreshes WHERE database = currentDatabase()")}
-    granule = 8192
-    assert reads["events_minute_refresh"] <= 4 * granule, (reads, sizes)
-    assert reads["scenario_minute_refresh"] <= 6 * granule, (reads, sizes)
-    assert reads["flow_minute_refresh"] <= 24 * granule, (reads, sizes)
-    assert sum(reads.values()) < 0.05 * sum(sizes.values()), (reads, sizes)
+    granule, small = 8192, 64
+    assert reads["events_minute_refresh"] <= 4 * granule + small, (reads, sizes)
+    assert reads["scenario_minute_refresh"] <= 6 * granule + small, (reads, sizes)
+    assert reads["flow_minute_refresh"] <= 24 * granule + small, (reads, sizes)
+    # Together a small fraction of the tables. How many granules the touched minutes meet
+    # depends on where today's date puts them in the parts (12 of flow's 24 on 2026-12-02),
+    # so this is bounded by the steps' own bounds (34 granules), about a tenth of the tables.
+    assert sum(reads.values()) < 0.11 * sum(sizes.values()), (reads, sizes)
 
     # What was computed equals the plain computation for the touched minutes.
     touched = f"(SELECT DISTINCT toStartOfMinute(arrayJoin(tr_time)) FROM sessions WHERE session_id IN ('BS{s1}', 'BS{s2}'))"
