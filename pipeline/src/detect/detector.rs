@@ -18,7 +18,7 @@
 //! and emits the difference: new hits, changed ones with a higher version, vanished ones with
 //! `retracted = true` (kept as tombstones so a re-appearance gets a still higher version).
 
-use super::eval::{absence_open, build_hit, completes, detection_time, hit_at, Bits, Described, DetectEvent, Found, WordHash};
+use super::eval::{absence_open, build_hit, completes, detection_time, hit_at, Bits, Described, DetectEvent, Found, View, WordHash};
 use super::rules::{RuleSet, Shape};
 use super::served::{self, Served};
 use super::stored::{InlineStr, Kept, Symbols};
@@ -166,7 +166,7 @@ impl Detector {
     /// An empty detector; events older than `watermark - horizon_ms` must not be admitted.
     pub fn new(rules: Arc<RuleSet>, horizon_ms: i64) -> Detector {
         Detector {
-            served: Served::none(&rules),
+            served: Served::new(&rules, None),
             session_gap_ms: None,
             rules,
             horizon_ms: horizon_ms.max(0),
@@ -193,7 +193,7 @@ impl Detector {
     pub fn beside_sessions(rules: Arc<RuleSet>, horizon_ms: i64, gap_ms: i64) -> Detector {
         let mut d = Detector::new(rules, horizon_ms);
         d.session_gap_ms = Some(gap_ms);
-        d.served = Served::beside_sessions(&d.rules, gap_ms);
+        d.served = Served::new(&d.rules, Some(gap_ms));
         d
     }
 
@@ -601,15 +601,13 @@ impl Detector {
             if served.rules[ri] {
                 for k in 0..steps.len() {
                     let st = &steps[k];
-                    if !completes(r, st) || st.key().0 < lo_served {
+                    if !completes(r, st) || st.time() < lo_served {
                         continue;
                     }
                     let Some(matched) = hit_at(&rules, ri, &steps, k) else { continue };
                     let mut hit = build_hit(&rules, c.key.as_str(), &steps, &Found { rule: ri, matched }, None, |s| s.described());
-                    let (time, id) = st.key();
-                    let id = std::str::from_utf8(id).unwrap_or_default();
-                    hit.hit.session_id = session_for(c, &hit, time, id, None);
-                    computed.push((time, ri, k, time, hit));
+                    hit.hit.session_id = session_for(c, &hit, st.time(), st.id(), None);
+                    computed.push((st.time(), ri, k, st.time(), hit));
                 }
                 continue;
             }
@@ -764,10 +762,7 @@ impl Detector {
             return;
         }
         let old = std::mem::replace(&mut self.rules, rules);
-        self.served = match self.session_gap_ms {
-            Some(gap) => Served::beside_sessions(&self.rules, gap),
-            None => Served::none(&self.rules),
-        };
+        self.served = Served::new(&self.rules, self.session_gap_ms);
         let horizon = self.horizon_ms;
         let wm = self.watermark;
         let idle = self.idle_closed_upto;

@@ -38,16 +38,12 @@ pub(crate) struct Served {
 }
 
 impl Served {
-    /// Nothing served: the detector keeps every matching event.
-    pub(crate) fn none(rules: &RuleSet) -> Served {
-        Served { rules: vec![false; rules.compiled.len()], keep: u64::MAX, max_window_ms: 0 }
-    }
-
-    /// The rules of `rules` a sessionizer with this `gap_ms` can serve.
-    pub(crate) fn beside_sessions(rules: &RuleSet, gap_ms: i64) -> Served {
-        if rules.predicates.len() > 64 || rules.matcher.is_none() {
-            return Served::none(rules);
-        }
+    /// The rules of `rules` a sessionizer with this gap can serve; none without a sessionizer
+    /// (`None`: the detector then keeps every matching event).
+    pub(crate) fn new(rules: &RuleSet, gap_ms: Option<i64>) -> Served {
+        let none = || Served { rules: vec![false; rules.compiled.len()], keep: u64::MAX, max_window_ms: 0 };
+        // The masks below are one bit per predicate.
+        let Some(gap_ms) = gap_ms.filter(|_| rules.predicates.len() <= 64) else { return none() };
         let servable_predicate = |p: &Predicate| {
             p.outcome.is_none()
                 && p.line.is_none()
@@ -143,8 +139,8 @@ impl<'a> Step<'a> {
         Step { ev, bits: rules.match_bits(&Fields(ev)) }
     }
 
-    pub(crate) fn key(&self) -> (i64, &[u8]) {
-        (self.ev.time, self.ev.id.as_bytes())
+    pub(crate) fn id(&self) -> &'a str {
+        &self.ev.id
     }
 
     pub(crate) fn described(&self) -> Described<'a> {
