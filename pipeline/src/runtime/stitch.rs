@@ -20,7 +20,10 @@
 //! Guarantee: at-least-once. Raw offsets are committed only after every record derived from
 //! them (keyed events, links, control records, dead letters) was acknowledged by Kafka, and
 //! the links by ClickHouse (`identity_links`); a replay re-sends identical records, which the
-//! processor deduplicates by event id (and `identity_links` by identifier). While ClickHouse
+//! processor deduplicates by event id (and `identity_links` by identifier). The identity
+//! topic is written last, once everything else of the batch is acknowledged, so it is never
+//! ahead of the keyed topic: a merge whose control record a crash lost is found again by the
+//! replay, which does not know its link yet (see `flush`). While ClickHouse
 //! does not acknowledge, consumption pauses (back-pressure) as in the processor.
 
 use super::{send, BackPressure, ProcessOptions};
@@ -160,6 +163,8 @@ pub async fn stitch(
     let backoff = Backoff { give_up_after: Some(cfg.process.sink_retry_for), ..Backoff::default() };
     let sink = ClickHouseSink::new(client(&cfg.clickhouse), backoff, true);
     let mut link_rows: Vec<IdentityRow> = Vec::new();
+    // Links for the identity topic, sent only at a flush, after everything derived with them.
+    let mut links: Vec<(String, String)> = Vec::new();
     let mut bp = BackPressure::new("stitch", false);
     let mut last_flush = Instant::now();
     let mut last_record = Instant::now();
@@ -200,9 +205,9 @@ pub async fn stitch(
                 let linked = now_ms() as u64;
                 for (k, v) in &obs.links {
                     summary.links += 1;
-                    send(&mut pending, &producer, FutureRecord::to(&cfg.topics.identity).key(k.as_bytes()).payload(v.as_bytes()));
                     link_rows.extend(IdentityRow::from_link(k, v, event.event_time, linked));
                 }
+                links.extend(obs.links.iter().cloned());
                 for m in &obs.merges {
                     summary.merges += 1;
                     send_merge(&mut pending, &producer, &cfg.topics.keyed, m);
@@ -224,12 +229,13 @@ pub async fn stitch(
             }
             _ = &mut shutdown => break,
         }
-        let due = pending.len() + link_rows.len() >= cfg.process.max_batch_rows || last_flush.elapsed() >= cfg.process.flush_interval;
+        let due = pending.len() + links.len() + link_rows.len() >= cfg.process.max_batch_rows || last_flush.elapsed() >= cfg.process.flush_interval;
         if due && bp.may_flush() {
             let owned: Vec<i32> = consumer.assignment()?.elements_for_topic(&cfg.topics.raw).iter().map(|e| e.partition()).collect();
             let marks = watermarks(&owned, &clocks, lateness, gap, cfg.process.idle_timeout);
             send_watermarks(&mut pending, &producer, &cfg.topics.keyed, &keyed_partitions, raw_partitions, &marks);
-            match flush(&consumer, &cfg.topics.raw, &mut pending, &next_offsets, CommitMode::Async, &sink, &mut link_rows).await {
+            let out = Outputs { producer: &producer, pending: &mut pending, links: &mut links, link_rows: &mut link_rows };
+            match flush(&consumer, &cfg, out, &next_offsets, CommitMode::Async, &sink).await {
                 Ok(()) => {
                     last_flush = Instant::now();
                     if bp.acknowledged(&consumer) {
@@ -246,7 +252,7 @@ pub async fn stitch(
             if owned == 0 {
                 // Not assigned yet (a rebalance may wait for a dead member's session to expire).
                 last_record = Instant::now();
-            } else if !bp.paused() && last_record.elapsed() >= idle && pending.is_empty() && link_rows.is_empty() {
+            } else if !bp.paused() && last_record.elapsed() >= idle && pending.is_empty() && links.is_empty() && link_rows.is_empty() {
                 break;
             }
         }
@@ -254,7 +260,8 @@ pub async fn stitch(
     let owned: Vec<i32> = consumer.assignment()?.elements_for_topic(&cfg.topics.raw).iter().map(|e| e.partition()).collect();
     let marks = watermarks(&owned, &clocks, lateness, gap, cfg.process.idle_timeout);
     send_watermarks(&mut pending, &producer, &cfg.topics.keyed, &keyed_partitions, raw_partitions, &marks);
-    flush(&consumer, &cfg.topics.raw, &mut pending, &next_offsets, CommitMode::Sync, &sink, &mut link_rows).await?;
+    let out = Outputs { producer: &producer, pending: &mut pending, links: &mut links, link_rows: &mut link_rows };
+    flush(&consumer, &cfg, out, &next_offsets, CommitMode::Sync, &sink).await?;
     tracing::info!(?summary, "stitch stopped");
     Ok(summary)
 }
@@ -305,27 +312,52 @@ fn send_watermarks(
     }
 }
 
+/// What a flush makes durable.
+struct Outputs<'a> {
+    producer: &'a FutureProducer,
+    /// Keyed events, control records and dead letters already sent.
+    pending: &'a mut Vec<DeliveryFuture>,
+    /// Links not yet sent to the identity topic.
+    links: &'a mut Vec<(String, String)>,
+    /// Links not yet in ClickHouse.
+    link_rows: &'a mut Vec<IdentityRow>,
+}
+
 /// Makes the links durable in ClickHouse and everything sent durable in Kafka, then commits.
-/// On a ClickHouse error the rows stay in `links` for the next call (same rows, same token).
+///
+/// The identity topic comes last: a link is published only once every keyed event and
+/// re-attribution derived with it is acknowledged. A restarted stage rebuilds its graph from
+/// that topic and replays the uncommitted raw records; had a link got there first, the replay
+/// would know it already, key the install's events to the customer directly and never send
+/// the re-attribution the crash lost, and the old key's sessions would stay in place for good.
+/// Behind instead of ahead, the replay finds the merge again and re-sends its control record,
+/// which the processor recognises.
+///
+/// On a ClickHouse error the rows stay in `link_rows` for the next call (same rows, same token).
 async fn flush(
     consumer: &StreamConsumer,
-    topic: &str,
-    pending: &mut Vec<DeliveryFuture>,
+    cfg: &Config,
+    out: Outputs<'_>,
     next_offsets: &HashMap<i32, i64>,
     mode: CommitMode,
     sink: &ClickHouseSink,
-    links: &mut Vec<IdentityRow>,
 ) -> Result<(), Error> {
-    let token = batch_token("identity_links", links.iter().map(|r| format!("{}:{}/{}", r.identifier_kind, r.identifier, r.version)));
-    sink.insert("identity_links", links, &token).await?;
-    links.clear();
-    super::await_acks(std::mem::take(pending)).await?;
+    let rows = out.link_rows;
+    let token = batch_token("identity_links", rows.iter().map(|r| format!("{}:{}/{}", r.identifier_kind, r.identifier, r.version)));
+    sink.insert("identity_links", rows, &token).await?;
+    rows.clear();
+    super::await_acks(std::mem::take(out.pending)).await?;
+    let mut acks = Vec::with_capacity(out.links.len());
+    for (k, v) in out.links.drain(..) {
+        send(&mut acks, out.producer, FutureRecord::to(&cfg.topics.identity).key(k.as_bytes()).payload(v.as_bytes()));
+    }
+    super::await_acks(acks).await?;
     if next_offsets.is_empty() {
         return Ok(());
     }
     let mut tpl = TopicPartitionList::new();
     for (&p, &o) in next_offsets {
-        tpl.add_partition_offset(topic, p, Offset::Offset(o))?;
+        tpl.add_partition_offset(&cfg.topics.raw, p, Offset::Offset(o))?;
     }
     if let Err(e) = consumer.commit(&tpl, mode) {
         tracing::warn!(error = %e, "stitch offset commit failed; will retry at the next flush");
