@@ -75,7 +75,14 @@ impl Range {
 }
 
 /// Evaluates `rules` over one customer's events and adds what is in range to the report.
-fn evaluate_customer(rules: &RuleSet, range: Range, customer: &str, events: &[DetectEvent], report: &mut Report, hit_customers: &mut HashMap<String, HashSet<String>>) {
+fn evaluate_customer(
+    rules: &RuleSet,
+    range: Range,
+    customer: &str,
+    events: &[DetectEvent],
+    report: &mut Report,
+    hit_customers: &mut HashMap<String, HashSet<String>>,
+) {
     report.customers += 1;
     for h in evaluate(rules, customer, events) {
         if range.reports(h.hit.event_time) {

@@ -379,7 +379,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Scenarios { action: ScenariosAction::Check { rules } } => {
             let set = journey_pipeline::detect::RuleSet::load(&rules)?;
             for r in set.rules() {
-                println!("{:<28} {:<9} v{} within {} ({})", r.name, r.kind.name(), r.version, journey_schemas::format_duration(r.within), r.severity.as_str());
+                println!(
+                    "{:<28} {:<9} v{} within {} ({})",
+                    r.name,
+                    r.kind.name(),
+                    r.version,
+                    journey_schemas::format_duration(r.within),
+                    r.severity.as_str()
+                );
             }
         }
         Command::Scenarios { action: ScenariosAction::Backtest(args) } => backtest(&cfg, args).await?,

@@ -71,8 +71,7 @@ async fn identity_links_resolve_to_the_batch_customers(cfg: &journey_pipeline::C
     let ch = journey_pipeline::sink::clickhouse::client(&cfg.clickhouse);
     let rows: Vec<Link> =
         ch.query("SELECT identifier_kind, identifier, customer_id FROM identity_links_current").fetch_all().await.unwrap();
-    let links: HashMap<(String, String), String> =
-        rows.into_iter().map(|r| ((r.identifier_kind, r.identifier), r.customer_id)).collect();
+    let links: HashMap<(String, String), String> = rows.into_iter().map(|r| ((r.identifier_kind, r.identifier), r.customer_id)).collect();
     let kind = |k: IdKind| match k {
         IdKind::Customer => "customer",
         IdKind::Msisdn => "msisdn",

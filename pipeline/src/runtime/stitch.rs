@@ -229,7 +229,8 @@ pub async fn stitch(
             }
             _ = &mut shutdown => break,
         }
-        let due = pending.len() + links.len() + link_rows.len() >= cfg.process.max_batch_rows || last_flush.elapsed() >= cfg.process.flush_interval;
+        let due = pending.len() + links.len() + link_rows.len() >= cfg.process.max_batch_rows
+            || last_flush.elapsed() >= cfg.process.flush_interval;
         if due && bp.may_flush() {
             let owned: Vec<i32> = consumer.assignment()?.elements_for_topic(&cfg.topics.raw).iter().map(|e| e.partition()).collect();
             let marks = watermarks(&owned, &clocks, lateness, gap, cfg.process.idle_timeout);
