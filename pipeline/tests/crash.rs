@@ -1,7 +1,7 @@
-//! Effectively-once across a crash: `journey process` is killed with SIGKILL mid-stream and
-//! restarted; ClickHouse must then hold exactly what the batch computation gives (nothing
-//! lost, nothing duplicated, by session id and version); and the order of writes that makes
-//! this hold for identity merges.
+//! Effectively-once across crashes: `journey process` is killed with SIGKILL mid-stream and
+//! restarted, three times; ClickHouse must then hold exactly what the batch computation gives
+//! (nothing lost, nothing duplicated, by session id and version). And the order of writes
+//! that makes this hold for identity merges.
 
 mod support;
 
@@ -14,16 +14,19 @@ async fn kill_9_mid_stream_loses_and_duplicates_nothing() {
     // back at once (a dynamic member killed with SIGKILL would first have to time out).
     let (cfg, events) = child_stream(31, |cfg| cfg.process.instance_id = Some(unique("instance"))).await;
 
-    let mut first = spawn_process(&cfg, &[]);
-    // Kill it once it has written part of the stream (and long before it is done).
-    wait_for_rows(&cfg, 4000, &mut first).await;
-    first.kill().unwrap(); // SIGKILL: no flush, no commit, no goodbye
-    first.wait().unwrap();
-    let before = event_rows(&cfg).await;
-    assert!(before < CHILD_STREAM_EVENTS, "the crash must happen mid-stream ({before} rows already)");
+    // Killed three times, each once it has written more of the stream (and long before it
+    // is done): each crash lands at another point of a flush, a merge or a restore.
+    for rows in [4_000, 12_000, 20_000] {
+        let mut child = spawn_process(&cfg, &[]);
+        wait_for_rows(&cfg, rows, &mut child).await;
+        child.kill().unwrap(); // SIGKILL: no flush, no commit, no goodbye
+        child.wait().unwrap();
+        let before = event_rows(&cfg).await;
+        assert!(before < CHILD_STREAM_EVENTS, "the crash must happen mid-stream ({before} rows already)");
+    }
 
-    let mut second = spawn_process(&cfg, &["--exit-when-idle", "6s"]);
-    let status = wait_exit(&mut second, Duration::from_secs(180)).await;
+    let mut last = spawn_process(&cfg, &["--exit-when-idle", "6s"]);
+    let status = wait_exit(&mut last, Duration::from_secs(180)).await;
     assert!(status.success(), "restarted process failed: {status}");
 
     let got = in_clickhouse(&cfg).await;
