@@ -207,7 +207,7 @@ pub async fn stitch(
                     summary.links += 1;
                     link_rows.extend(IdentityRow::from_link(k, v, event.event_time, linked));
                 }
-                links.extend(obs.links.iter().cloned());
+                links.append(&mut obs.links); // moved, not copied: the next observation clears it anyway
                 for m in &obs.merges {
                     summary.merges += 1;
                     send_merge(&mut pending, &producer, &cfg.topics.keyed, m);
