@@ -198,8 +198,10 @@ pub fn is_transient(e: &clickhouse::error::Error) -> bool {
         E::BadResponse(msg) => match exception_code(msg) {
             Some(code) => TRANSIENT_CODES.contains(&code),
             // No exception: the client's text for a bare HTTP status, e.g. a proxy's
-            // "503 Service Unavailable".
-            None => ["502 ", "503 ", "504 "].iter().any(|s| msg.starts_with(s)),
+            // "503 Service Unavailable", or a bare 500 from a server that could not even write
+            // its error (18.16 while shutting down: `Cannot write to file (fd = -1)`). A
+            // server that rejects the insert itself always sends the exception's code.
+            None => ["500 ", "502 ", "503 ", "504 "].iter().any(|s| msg.starts_with(s)),
         },
         _ => false,
     }
@@ -429,6 +431,7 @@ mod tests {
             "Code: 394",
             "Code: 252. DB::Exception: Too many parts (300). (TOO_MANY_PARTS)",
             "503 Service Unavailable",
+            "500 Internal Server Error",
         ] {
             assert!(is_transient(&bad(msg)), "{msg}");
         }
