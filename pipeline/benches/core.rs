@@ -8,7 +8,10 @@
 //! `CLOCK=cpu` measures the thread's CPU time instead of wall time (see `support/clock.rs`);
 //! `RULES=FILE` gives the detector groups another rule file than the built-in one; `STATE=1`
 //! prints, before timing, how many customers and events one pass leaves in the sessionizer and
-//! the detector.
+//! the detector; `PAIRS=N` runs, before the groups, N pairs of `core/all` and
+//! `core/all_with_detect` in one process, in turns (ABBA), and prints each pair's ratio and
+//! their median: a figure of the detector's overhead that the drift of a shared machine between
+//! processes and minutes disturbs much less than two separately timed groups.
 //!
 //! Groups: `core/all` is the whole path, one event after another, as the runtime runs it;
 //! `core/decode`, `core/stitch`, `core/sessionize` and `core/encode` time each stage alone on
@@ -192,6 +195,37 @@ fn all(codec: &Codec, records: &[Vec<u8>], rules: Option<&Arc<RuleSet>>) -> Core
     core
 }
 
+/// The `PAIRS` mode: `pairs` runs of the whole path without and with the detector, timed
+/// back to back by the benchmarks' clock, the order alternating (ABBA) so that neither side
+/// always runs on the heap the other left. Prints each pair's ratio and the median ratio.
+fn paired_overhead(codec: &Codec, records: &[Vec<u8>], rules: &Arc<RuleSet>, pairs: usize) {
+    use criterion::measurement::Measurement;
+    let clock = clock::Clock::from_env();
+    let timed = |rules: Option<&Arc<RuleSet>>| {
+        let started = clock.start();
+        let core = all(codec, records, rules);
+        let took = clock.end(started);
+        drop(core);
+        took.as_secs_f64()
+    };
+    let mut ratios = Vec::with_capacity(pairs);
+    for i in 0..pairs {
+        let (plain, with) = if i % 4 == 0 || i % 4 == 3 {
+            let plain = timed(None);
+            (plain, timed(Some(rules)))
+        } else {
+            let with = timed(Some(rules));
+            (timed(None), with)
+        };
+        ratios.push(with / plain);
+        println!("pair {}: core/all {plain:.3} s, core/all_with_detect {with:.3} s, overhead {:+.1}%", i + 1, 100.0 * (with / plain - 1.0));
+    }
+    ratios.sort_by(f64::total_cmp);
+    if let Some(&median) = ratios.get(ratios.len() / 2) {
+        println!("median overhead over {pairs} pairs: {:+.1}%", 100.0 * (median - 1.0));
+    }
+}
+
 fn core(c: &mut Criterion<clock::Clock>) {
     println!("measuring {}", clock::Clock::from_env().name());
     let codec = Codec::from_manifest().expect("embedded manifest");
@@ -218,6 +252,9 @@ fn core(c: &mut Criterion<clock::Clock>) {
             core.t.hits,
             d.served_rules()
         );
+    }
+    if let Some(pairs) = std::env::var("PAIRS").ok().and_then(|s| s.parse::<usize>().ok()) {
+        paired_overhead(&codec, &records, &rules, pairs);
     }
     group.bench_function("all_with_detect", |b| b.iter_with_large_drop(|| all(&codec, &records, Some(&rules))));
 
