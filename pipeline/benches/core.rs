@@ -244,12 +244,13 @@ fn core(c: &mut Criterion<clock::Clock>) {
         let core = all(&codec, &records, Some(&rules));
         let d = core.detector.as_ref().expect("rules given");
         println!(
-            "state after one pass: sessionizer {} customers, {} events; detector {} customers, {} events, {} hit records emitted (served from the sessionizer: {:?})",
+            "state after one pass: sessionizer {} customers, {} events; detector {} customers, {} events, {} hit records emitted, about {} bytes of heap (served from the sessionizer: {:?})",
             core.z.customers(),
             core.z.retained_events(),
             d.customers(),
             d.retained_events(),
             core.t.hits,
+            d.approx_heap_bytes(),
             d.served_rules()
         );
     }
