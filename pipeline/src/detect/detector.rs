@@ -322,7 +322,8 @@ impl Detector {
         let key = InlineStr::new(customer);
         let i = match self.free.pop() {
             Some(i) => {
-                // A released slot keeps its (empty) buffers, saving their allocation.
+                // A released slot keeps its (empty) event and trigger buffers, saving their
+                // allocation; its emitted-hit buffer was freed (see `release`).
                 self.customers[i].key = key;
                 i
             }
