@@ -265,6 +265,20 @@ pub async fn event_rows(cfg: &Config) -> u64 {
     ch.query("SELECT count() FROM events").fetch_one::<u64>().await.unwrap_or(0)
 }
 
+/// The highest insert block number among `events`' parts: it grows with every insert that
+/// reached the table and, unlike a row count, no background merge can lower it (a merge keeps
+/// the block range of the parts it joins, while ReplacingMergeTree may drop duplicate rows).
+pub async fn event_inserts(cfg: &Config) -> u64 {
+    let ch = journey_pipeline::sink::clickhouse::client(&cfg.clickhouse);
+    ch.query(
+        "SELECT toUInt64(max(max_block_number)) FROM system.parts \
+         WHERE database = currentDatabase() AND table = 'events' AND active",
+    )
+    .fetch_one::<u64>()
+    .await
+    .expect("read events' parts")
+}
+
 /// Waits for a child to exit, failing after `timeout`.
 pub async fn wait_exit(child: &mut std::process::Child, timeout: Duration) -> std::process::ExitStatus {
     let deadline = std::time::Instant::now() + timeout;
