@@ -195,6 +195,14 @@ fn all(codec: &Codec, records: &[Vec<u8>], rules: Option<&Arc<RuleSet>>) -> Core
     core
 }
 
+/// The `ONCE` mode: one pass of the whole path, in a function of its own so that a profiler
+/// can count only it (`valgrind --tool=callgrind --toggle-collect='*once*'`); the state is
+/// returned, so that dropping it is not counted.
+#[inline(never)]
+fn once(codec: &Codec, records: &[Vec<u8>], rules: Option<&Arc<RuleSet>>) -> Core {
+    all(codec, records, rules)
+}
+
 /// The `PAIRS` mode: `pairs` runs of the whole path without and with the detector, timed
 /// back to back by the benchmarks' clock, the order alternating (ABBA) so that neither side
 /// always runs on the heap the other left. Prints each pair's ratio and the median ratio.
@@ -253,6 +261,17 @@ fn core(c: &mut Criterion<clock::Clock>) {
             d.approx_heap_bytes(),
             d.served_rules()
         );
+    }
+    if let Ok(which) = std::env::var("ONCE") {
+        let with = match which.as_str() {
+            "all" => None,
+            "all_with_detect" => Some(&rules),
+            other => panic!("ONCE={other}: expected all or all_with_detect"),
+        };
+        let started = std::time::Instant::now();
+        let core = once(&codec, &records, with);
+        println!("one pass of core/{which}: {:.3} s wall, {:?}", started.elapsed().as_secs_f64(), core.t);
+        std::process::exit(0);
     }
     if let Some(pairs) = std::env::var("PAIRS").ok().and_then(|s| s.parse::<usize>().ok()) {
         paired_overhead(&codec, &records, &rules, pairs);
