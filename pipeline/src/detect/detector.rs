@@ -315,10 +315,8 @@ impl Detector {
         }
     }
 
-    fn slot_for(&mut self, customer: &str) -> usize {
-        if let Some(i) = self.index.get(&self.customers, customer) {
-            return i;
-        }
+    /// A slot for `customer`, which has none (the caller looked it up).
+    fn new_slot(&mut self, customer: &str) -> usize {
         let key = InlineStr::new(customer);
         let i = match self.free.pop() {
             Some(i) => {
@@ -460,7 +458,7 @@ impl Detector {
     fn admit_matched(&mut self, customer: &str, ev: Kept, sessions: &dyn SessionLookup, out: &mut Vec<DetectedHit>) -> bool {
         let idx = match self.index.get(&self.customers, customer) {
             Some(idx) => idx,
-            None => self.slot_for(customer),
+            None => self.new_slot(customer),
         };
         let c = &mut self.customers[idx];
         let pos = match c.events.last() {
@@ -883,7 +881,7 @@ impl Detector {
         }
         let rules = Arc::clone(&self.rules);
         let horizon = self.horizon_ms;
-        let idx = self.slot_for(&snap.key);
+        let idx = self.new_slot(&snap.key);
         let symbols = &mut self.symbols;
         let served = &self.served;
         let c = &mut self.customers[idx];
