@@ -11,7 +11,9 @@
 //! the detector; `PAIRS=N` runs, before the groups, N pairs of `core/all` and
 //! `core/all_with_detect` in one process, in turns (ABBA), and prints each pair's ratio and
 //! their median: a figure of the detector's overhead that the drift of a shared machine between
-//! processes and minutes disturbs much less than two separately timed groups.
+//! processes and minutes disturbs much less than two separately timed groups; `ONCE=all` or
+//! `ONCE=all_with_detect` runs one pass of that group in the function `once`, prints its wall
+//! time and totals and exits, so that perf or callgrind can count just the pass.
 //!
 //! Groups: `core/all` is the whole path, one event after another, as the runtime runs it;
 //! `core/decode`, `core/stitch`, `core/sessionize` and `core/encode` time each stage alone on
