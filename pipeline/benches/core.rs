@@ -121,6 +121,8 @@ struct Core {
     hits: Vec<DetectedHit>,
     emitted: Vec<Emitted>,
     rows: Vec<EventRow>,
+    /// The changed keys of a flush, reused as the runtime's flush reuses its buffer.
+    dirty: Vec<String>,
     max_t: i64,
     t: Totals,
 }
@@ -137,6 +139,7 @@ impl Core {
             hits: Vec::new(),
             emitted: Vec::new(),
             rows: Vec::with_capacity(1024),
+            dirty: Vec::new(),
             max_t: i64::MIN,
             t: Totals::default(),
         }
@@ -144,7 +147,7 @@ impl Core {
 
     /// The whole path over `records`, whose first one has input offset `first_offset`.
     fn run(&mut self, codec: &Codec, records: &[Vec<u8>], first_offset: usize) {
-        let Core { limits, graph, pseudo, buf, z, detector, hits, emitted, rows, max_t, t } = self;
+        let Core { limits, graph, pseudo, buf, z, detector, hits, emitted, rows, dirty, max_t, t } = self;
         for (i, rec) in records.iter().enumerate() {
             let offset = first_offset + i;
             // decode
@@ -169,10 +172,12 @@ impl Core {
                 }
             }
             if offset % FLUSH_EVERY == FLUSH_EVERY - 1 {
-                t.dirty += z.take_dirty().len();
+                z.take_dirty_into(dirty);
                 if let Some(d) = detector.as_mut() {
-                    t.dirty += d.take_dirty().len();
+                    d.take_dirty_into(dirty);
                 }
+                t.dirty += dirty.len();
+                dirty.clear();
             }
             // encode
             rows.push(EventRow::from_event(e, key, msisdn_hash, 0));
@@ -368,6 +373,7 @@ fn core(c: &mut Criterion<clock::Clock>) {
         let mut z = Sessionizer::new(PARAMS);
         let mut max_t = i64::MIN;
         let mut count = 0usize;
+        let mut dirty = Vec::new();
         for (i, (sev, (key, _))) in input.into_iter().zip(&stitched).enumerate() {
             let time = sev.time;
             z.admit(key, sev, out);
@@ -378,7 +384,9 @@ fn core(c: &mut Criterion<clock::Clock>) {
                 out.clear();
             }
             if i % FLUSH_EVERY == FLUSH_EVERY - 1 {
-                count += z.take_dirty().len();
+                z.take_dirty_into(&mut dirty);
+                count += dirty.len();
+                dirty.clear();
             }
         }
         (z, count)
@@ -399,6 +407,7 @@ fn core(c: &mut Criterion<clock::Clock>) {
             let mut d = Detector::new(rules.clone(), PARAMS.horizon_ms);
             let mut hits: Vec<DetectedHit> = Vec::new();
             let (mut max_t, mut count) = (i64::MIN, 0usize);
+            let mut dirty = Vec::new();
             for (i, (e, (key, _))) in events.iter().zip(&stitched).enumerate() {
                 d.admit_event(key, e, &NoSessions, &mut hits);
                 max_t = max_t.max(e.event_time);
@@ -407,7 +416,9 @@ fn core(c: &mut Criterion<clock::Clock>) {
                     count += codec.encode_hit(&h.hit).len();
                 }
                 if i % FLUSH_EVERY == FLUSH_EVERY - 1 {
-                    count += d.take_dirty().len();
+                    d.take_dirty_into(&mut dirty);
+                    count += dirty.len();
+                    dirty.clear();
                 }
             }
             (d, count)

@@ -5,6 +5,7 @@
 //! Processors are pure per-partition folds ([`operator::Operator`]); the runtime owns all I/O.
 
 pub mod backtest;
+mod chunked;
 pub mod config;
 pub mod detect;
 pub mod migrate;

@@ -23,6 +23,7 @@ use super::rules::{RuleSet, Shape};
 use super::served::{self, Served};
 use super::stored::{InlineStr, Kept, Symbols};
 use super::DetectedHit;
+use crate::chunked::ChunkedVec;
 use crate::sessionize::{SessionEvent, Sessionizer};
 use journey_schemas::ChannelEvent;
 use std::cmp::Reverse;
@@ -124,7 +125,7 @@ struct CustomerState {
     emitted: Emitted,
     /// Deadline in the timer set, if any.
     timer: Option<i64>,
-    /// Its key is in `Detector::dirty_keys` if this equals `Detector::dirty_epoch`.
+    /// Its key is in `Detector::dirty` if this equals `Detector::dirty_epoch`.
     dirty_epoch: u64,
 }
 
@@ -142,7 +143,8 @@ pub struct Detector {
     prune_grid_ms: i64,
     /// Customer key -> slot (see [`SlotIndex`]).
     index: SlotIndex,
-    customers: Vec<CustomerState>,
+    /// The slots (see `chunked.rs`: growing never moves them).
+    customers: ChunkedVec<CustomerState>,
     /// Field values of the retained events.
     symbols: Symbols,
     free: Vec<usize>,
@@ -156,12 +158,16 @@ pub struct Detector {
     /// The latest time of any event ever kept (restored ones too): an unkept event after it
     /// lands behind every customer's kept events, so it needs no look at its customer.
     kept_upto: i64,
-    /// Changed since the last [`Detector::take_dirty`]: the keys are copied when a customer is
-    /// first marked, while its state is in cache, rather than read back from thousands of
-    /// cold slots at the flush; taking them starts a new epoch, which unmarks every slot.
-    dirty_keys: Vec<String>,
+    /// Changed or removed since the last [`Detector::take_dirty`], in the order first marked:
+    /// the keys are copied (inline, without an allocation) when a customer is first marked,
+    /// while its state is in cache, rather than read back from thousands of cold slots at the
+    /// flush; taking them starts a new epoch, which unmarks every slot. `dirty_listed` holds
+    /// the same keys, so that a customer removed and created again within an epoch is listed
+    /// once. Both are cleared, not given away, so they are grown once rather than at every
+    /// flush.
+    dirty: Vec<InlineStr>,
+    dirty_listed: HashSet<InlineStr, foldhash::fast::FixedState>,
     dirty_epoch: u64,
-    dirty_removed: Vec<String>,
 }
 
 impl Detector {
@@ -174,7 +180,7 @@ impl Detector {
             horizon_ms: horizon_ms.max(0),
             prune_grid_ms: (horizon_ms / 8).clamp(1, 3_600_000),
             index: SlotIndex::default(),
-            customers: Vec::new(),
+            customers: ChunkedVec::default(),
             symbols: Symbols::default(),
             free: Vec::new(),
             timers: Timers::new((horizon_ms / 8).clamp(1, 3_600_000)),
@@ -182,9 +188,9 @@ impl Detector {
             idle_closed_upto: i64::MIN,
             version_floor: 1,
             kept_upto: i64::MIN,
-            dirty_keys: Vec::new(),
+            dirty: Vec::new(),
+            dirty_listed: HashSet::default(),
             dirty_epoch: 1,
-            dirty_removed: Vec::new(),
         }
     }
 
@@ -299,19 +305,25 @@ impl Detector {
 
     /// Keys whose state changed since the last call (checkpointing), and forgets them.
     pub fn take_dirty(&mut self) -> Vec<String> {
-        let mut keys = std::mem::take(&mut self.dirty_keys);
-        keys.append(&mut self.dirty_removed);
-        self.dirty_epoch += 1;
-        sort_keys(&mut keys);
-        keys.dedup();
+        let mut keys = Vec::new();
+        self.take_dirty_into(&mut keys);
         keys
+    }
+
+    /// [`Detector::take_dirty`] appended to `keys`, so that a caller that flushes often can
+    /// reuse one buffer (a fresh one of this size takes fresh pages from the system each time).
+    pub fn take_dirty_into(&mut self, keys: &mut Vec<String>) {
+        self.dirty_epoch += 1;
+        keys.extend(self.dirty.iter().map(|k| k.as_str().to_string()));
+        self.dirty.clear();
+        self.dirty_listed.clear();
     }
 
     fn mark_dirty(&mut self, idx: usize) {
         let c = &mut self.customers[idx];
         if c.dirty_epoch != self.dirty_epoch {
             c.dirty_epoch = self.dirty_epoch;
-            self.dirty_keys.push(c.key.as_str().to_string());
+            list_dirty(&mut self.dirty, &mut self.dirty_listed, &c.key);
         }
     }
 
@@ -325,10 +337,7 @@ impl Detector {
                 self.customers[i].key = key;
                 i
             }
-            None => {
-                self.customers.push(CustomerState { key, ..Default::default() });
-                self.customers.len() - 1
-            }
+            None => self.customers.push(CustomerState { key, ..Default::default() }),
         };
         self.index.insert(&self.customers, i);
         i
@@ -350,7 +359,7 @@ impl Detector {
         c.emitted.0 = Vec::new();
         c.timer = None;
         c.dirty_epoch = 0;
-        self.dirty_removed.push(key.as_str().to_string());
+        list_dirty(&mut self.dirty, &mut self.dirty_listed, &key);
         self.free.push(idx);
     }
 
@@ -926,8 +935,9 @@ impl Detector {
         if let Some(idx) = self.index.get(&self.customers, &snap.key) {
             self.customers[idx].dirty_epoch = 0;
         }
-        self.dirty_removed.retain(|k| *k != snap.key);
-        self.dirty_keys.retain(|k| *k != snap.key);
+        if self.dirty_listed.remove(snap.key.as_bytes()) {
+            self.dirty.retain(|k| k.as_bytes() != snap.key.as_bytes());
+        }
     }
 
     /// Emits everything as if event time had ended (end of a replay, tests); pruning then
@@ -954,20 +964,20 @@ fn key_hash(key: &[u8]) -> u64 {
 }
 
 impl SlotIndex {
-    fn get(&self, customers: &[CustomerState], key: &str) -> Option<usize> {
+    fn get(&self, customers: &ChunkedVec<CustomerState>, key: &str) -> Option<usize> {
         let key = key.as_bytes();
         self.table.find(key_hash(key), |&i| customers[i as usize].key.as_bytes() == key).map(|&i| i as usize)
     }
 
     /// Adds slot `idx`, whose key is set and not yet indexed.
-    fn insert(&mut self, customers: &[CustomerState], idx: usize) {
+    fn insert(&mut self, customers: &ChunkedVec<CustomerState>, idx: usize) {
         // A slot is 120 bytes, so 2^32 of them would need 480 GB: the number always fits.
         let slot = u32::try_from(idx).expect("fewer than 2^32 customer slots");
         self.table.insert_unique(key_hash(customers[idx].key.as_bytes()), slot, |&i| key_hash(customers[i as usize].key.as_bytes()));
     }
 
     /// Removes slot `idx` (its key still set).
-    fn remove(&mut self, customers: &[CustomerState], idx: usize) {
+    fn remove(&mut self, customers: &ChunkedVec<CustomerState>, idx: usize) {
         if let Ok(e) = self.table.find_entry(key_hash(customers[idx].key.as_bytes()), |&i| i as usize == idx) {
             e.remove();
         }
@@ -1017,44 +1027,11 @@ impl Timers {
     }
 }
 
-/// Sorts keys byte-wise, as `sort` would, but faster on keys with long common prefixes
-/// (`crm:CUST000...`): a most-significant-digit radix sort with 8-byte digits, each level a
-/// sort of integers. Digits are zero-padded, which keeps the byte order: a key that ends
-/// inside a digit sorts before any longer key it is a prefix of, and keys whose padded
-/// digits tie all the way (they differ only by trailing zero bytes) are compared whole.
-fn sort_keys(keys: &mut Vec<String>) {
-    fn digit(k: &str, at: usize) -> u64 {
-        let rest = k.as_bytes().get(at..).unwrap_or_default();
-        let mut w = [0u8; 8];
-        let n = rest.len().min(8);
-        w[..n].copy_from_slice(&rest[..n]);
-        u64::from_be_bytes(w)
+/// Lists `key` as changed unless it is listed already.
+fn list_dirty(dirty: &mut Vec<InlineStr>, listed: &mut HashSet<InlineStr, foldhash::fast::FixedState>, key: &InlineStr) {
+    if listed.insert(key.clone()) {
+        dirty.push(key.clone());
     }
-    fn level(run: &mut [(u64, String)], at: usize) {
-        if run.iter().all(|k| k.1.len() <= at) {
-            run.sort_unstable_by(|a, b| a.1.cmp(&b.1));
-            return;
-        }
-        for k in run.iter_mut() {
-            k.0 = digit(&k.1, at);
-        }
-        run.sort_unstable_by_key(|k| k.0);
-        let mut start = 0;
-        while start < run.len() {
-            let d = run[start].0;
-            let end = start + run[start..].iter().take_while(|k| k.0 == d).count();
-            if end - start > 1 {
-                level(&mut run[start..end], at + 8);
-            }
-            start = end;
-        }
-    }
-    if keys.len() < 2 {
-        return;
-    }
-    let mut ranked: Vec<(u64, String)> = keys.drain(..).map(|k| (0, k)).collect();
-    level(&mut ranked, 0);
-    keys.extend(ranked.into_iter().map(|(_, k)| k));
 }
 
 /// What a hit reports of a retained event.
@@ -1146,19 +1123,11 @@ fn same_content(a: &DetectedHit, b: &DetectedHit) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{sort_keys, Timers};
+    use super::Timers;
     use proptest::prelude::*;
     use std::collections::BTreeSet;
 
     proptest! {
-        #[test]
-        fn keys_sort_as_strings_do(mut keys in proptest::collection::vec("(crm:CUST0{0,3})?[0-9a\\x00\u{e9}]{0,12}", 0..40)) {
-            let mut want = keys.clone();
-            want.sort();
-            sort_keys(&mut keys);
-            prop_assert_eq!(keys, want);
-        }
-
         #[test]
         fn timers_come_out_as_from_an_ordered_set(
             ops in proptest::collection::vec((any::<bool>(), -50i64..50, 0usize..6), 0..200),

@@ -626,6 +626,15 @@ fn take_customer_retracts_live_hits_and_dirty_keys_are_reported() {
     assert_eq!(out[0].hit.version, 9);
     assert_eq!(d.customers(), 0);
     assert_eq!(d.take_dirty(), ["k"], "the checkpoint must forget it");
+    // Within one flush: changed, removed, created again, and another customer in between:
+    // each key once, in the order first changed.
+    d.admit("k", ev(&r, 3, "c2", Channel::ContactCentre, "contact.start", None, None), &s, &mut out);
+    d.admit("j", ev(&r, 3, "c3", Channel::ContactCentre, "contact.start", None, None), &s, &mut out);
+    d.take_customer("k", &mut out);
+    d.admit("k", ev(&r, 4, "c4", Channel::ContactCentre, "contact.start", None, None), &s, &mut out);
+    d.take_customer("k", &mut out);
+    assert_eq!(d.take_dirty(), ["k", "j"]);
+    assert!(d.take_dirty().is_empty());
 }
 
 #[test]

@@ -597,6 +597,7 @@ impl Processor {
         // it is acknowledged may the input offsets move.
         let state_topic = self.cfg.topics.state.clone();
         let mut acks = Vec::new();
+        let mut keys = Vec::new();
         for (&p, st) in &mut self.partitions {
             let mut put = |prefix: &str, key: &str, value: Option<Vec<u8>>| {
                 let k = format!("{prefix}{key}");
@@ -606,10 +607,12 @@ impl Processor {
                 }
                 send(&mut acks, producer, record); // no value: a tombstone
             };
-            for key in st.sessionizer.take_dirty() {
+            st.sessionizer.take_dirty_into(&mut keys);
+            for key in keys.drain(..) {
                 put(state::CUSTOMER_PREFIX, &key, st.sessionizer.snapshot(&key).map(|snap| state::encode_customer(&self.codec, &snap)));
             }
-            for key in st.detector.take_dirty() {
+            st.detector.take_dirty_into(&mut keys);
+            for key in keys.drain(..) {
                 put(state::DETECT_PREFIX, &key, st.detector.snapshot(&key).map(|snap| crate::detect::encode_snapshot(&snap)));
             }
             for from in std::mem::take(&mut st.forwards_dirty) {

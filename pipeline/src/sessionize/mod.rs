@@ -14,6 +14,7 @@
 //! emitted again with `retracted = true`. So, whatever the arrival order within the horizon,
 //! the latest non-retracted versions equal the batch result.
 
+use crate::chunked::ChunkedVec;
 use crate::operator::Operator;
 use journey_schemas::{Channel, ChannelEvent, Session};
 use std::cell::RefCell;
@@ -330,18 +331,18 @@ impl CustomerIndex {
         self.hasher.hash_one(key)
     }
 
-    fn get(&self, customers: &[CustomerState], key: &str) -> Option<usize> {
+    fn get(&self, customers: &ChunkedVec<CustomerState>, key: &str) -> Option<usize> {
         self.table.find(self.hash(key), |&i| customers[i].key == key).copied()
     }
 
     /// Adds slot `idx`, whose key is set and not yet indexed.
-    fn insert(&mut self, customers: &[CustomerState], idx: usize) {
+    fn insert(&mut self, customers: &ChunkedVec<CustomerState>, idx: usize) {
         let hasher = &self.hasher;
         self.table.insert_unique(hasher.hash_one(customers[idx].key.as_str()), idx, |&i| hasher.hash_one(customers[i].key.as_str()));
     }
 
     /// Removes slot `idx` (its key still set).
-    fn remove(&mut self, customers: &[CustomerState], idx: usize) {
+    fn remove(&mut self, customers: &ChunkedVec<CustomerState>, idx: usize) {
         if let Ok(e) = self.table.find_entry(self.hash(&customers[idx].key), |&i| i == idx) {
             e.remove();
         }
@@ -360,7 +361,8 @@ pub struct Sessionizer {
     /// comparison reads the state the event goes on to use); looked up for every event, so a
     /// fast seeded hash, not SipHash.
     index: CustomerIndex,
-    customers: Vec<CustomerState>,
+    /// The slots (see `chunked.rs`: growing never moves them).
+    customers: ChunkedVec<CustomerState>,
     free: Vec<usize>,
     timers: BTreeSet<(i64, usize)>,
     watermark: i64,
@@ -388,7 +390,7 @@ impl Sessionizer {
         Sessionizer {
             params,
             index: CustomerIndex::default(),
-            customers: Vec::new(),
+            customers: ChunkedVec::default(),
             free: Vec::new(),
             timers: BTreeSet::new(),
             watermark: i64::MIN,
@@ -403,21 +405,30 @@ impl Sessionizer {
 
     /// Keys whose state changed since the last call (checkpointing), and forgets them.
     pub fn take_dirty(&mut self) -> Vec<String> {
-        let mut keys = Vec::with_capacity(self.dirty.len() + self.dirty_gone.len());
+        let mut keys = Vec::new();
+        self.take_dirty_into(&mut keys);
+        keys
+    }
+
+    /// [`Sessionizer::take_dirty`] appended to `keys`, so that a caller that flushes often can
+    /// reuse one buffer (a fresh one of this size takes fresh pages from the system each time).
+    pub fn take_dirty_into(&mut self, keys: &mut Vec<String>) {
+        keys.reserve(self.dirty.len() + self.dirty_gone.len());
         for key in self.dirty_gone.drain() {
             // A key removed and then created again is listed below, once.
             if !self.index.get(&self.customers, &key).is_some_and(|idx| self.customers[idx].dirty) {
                 keys.push(key);
             }
         }
-        for idx in std::mem::take(&mut self.dirty) {
+        // Cleared, not given away, so the list is grown once rather than at every flush.
+        for &idx in &self.dirty {
             let c = &mut self.customers[idx];
             // A slot freed (and maybe reused) since it was listed has its flag cleared.
             if std::mem::take(&mut c.dirty) {
                 keys.push(c.key.clone());
             }
         }
-        keys
+        self.dirty.clear();
     }
 
     fn mark_dirty(&mut self, idx: usize) {
@@ -492,10 +503,7 @@ impl Sessionizer {
                 self.customers[i] = state;
                 i
             }
-            None => {
-                self.customers.push(state);
-                self.customers.len() - 1
-            }
+            None => self.customers.push(state),
         };
         self.index.insert(&self.customers, i);
         i
