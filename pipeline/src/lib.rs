@@ -5,7 +5,7 @@
 //! Processors are pure per-partition folds ([`operator::Operator`]); the runtime owns all I/O.
 
 pub mod backtest;
-mod chunked;
+mod slots;
 pub mod config;
 pub mod detect;
 pub mod migrate;
@@ -15,6 +15,7 @@ pub mod runtime;
 pub mod sessionize;
 pub mod sink;
 pub mod stitch;
+mod timers;
 
 pub use config::Config;
 

@@ -23,11 +23,11 @@ use super::rules::{RuleSet, Shape};
 use super::served::{self, Served};
 use super::stored::{InlineStr, Kept, Symbols};
 use super::DetectedHit;
-use crate::chunked::ChunkedVec;
+use crate::slots::{ChunkedVec, SlotIndex};
+use crate::timers::Timers;
 use crate::sessionize::{SessionEvent, Sessionizer};
 use journey_schemas::ChannelEvent;
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 /// Where the detector learns the session of an event. The runtime admits each event to the
@@ -141,9 +141,9 @@ pub struct Detector {
     /// Pruning deadlines are rounded up to a multiple of this, so that a customer's expiries
     /// coalesce into few timer firings (state is kept at most this much longer).
     prune_grid_ms: i64,
-    /// Customer key -> slot (see [`SlotIndex`]).
-    index: SlotIndex,
-    /// The slots (see `chunked.rs`: growing never moves them).
+    /// Customer key -> slot.
+    index: CustomerIndex,
+    /// The slots (see `slots.rs`: growing never moves them).
     customers: ChunkedVec<CustomerState>,
     /// Field values of the retained events.
     symbols: Symbols,
@@ -179,7 +179,7 @@ impl Detector {
             rules,
             horizon_ms: horizon_ms.max(0),
             prune_grid_ms: (horizon_ms / 8).clamp(1, 3_600_000),
-            index: SlotIndex::default(),
+            index: CustomerIndex::default(),
             customers: ChunkedVec::default(),
             symbols: Symbols::default(),
             free: Vec::new(),
@@ -299,8 +299,8 @@ impl Detector {
                     + c.emitted.0.iter().map(|e| hit_text(&e.hit)).sum::<usize>()
             })
             .sum();
-        let timers: usize = self.timers.buckets.values().map(|b| b.capacity() * size_of::<Reverse<(i64, usize)>>()).sum();
-        self.index.table.capacity() * (size_of::<u32>() + 1) + self.customers.capacity() * size_of::<CustomerState>() + slots + timers
+        let timers = self.timers.heap_bytes();
+        self.index.0.heap_bytes() + self.customers.capacity() * size_of::<CustomerState>() + slots + timers
     }
 
     /// Keys whose state changed since the last call (checkpointing), and forgets them.
@@ -472,8 +472,8 @@ impl Detector {
         let c = &mut self.customers[idx];
         let pos = match c.events.last() {
             None => 0,
-            Some(last) if last.key() < ev.key() => c.events.len(),
-            Some(_) => c.events.partition_point(|k| k.key() < ev.key()),
+            Some(last) if last.before(&ev) => c.events.len(),
+            Some(_) => c.events.partition_point(|k| k.before(&ev)),
         };
         // Event ids are unique, so a redelivery has the same time too: it sorts onto its copy.
         if c.events.get(pos).is_some_and(|k| k.id == ev.id) {
@@ -947,14 +947,9 @@ impl Detector {
     }
 }
 
-/// Customer key -> slot, keyed by the slot's own key: an entry is 4 bytes instead of a key
-/// and a slot number (32), so the table of a partition's customers (some 100 000 in the
-/// benchmark: half a megabyte) mostly stays in cache, and a probe's comparison reads the slot,
-/// which the event goes on to use anyway.
+/// Customer key -> slot (see `slots.rs`), hashed with the detector's word hash.
 #[derive(Debug, Default)]
-struct SlotIndex {
-    table: hashbrown::HashTable<u32>,
-}
+struct CustomerIndex(SlotIndex);
 
 fn key_hash(key: &[u8]) -> u64 {
     use std::hash::Hasher;
@@ -963,67 +958,28 @@ fn key_hash(key: &[u8]) -> u64 {
     h.finish()
 }
 
-impl SlotIndex {
+impl CustomerIndex {
     fn get(&self, customers: &ChunkedVec<CustomerState>, key: &str) -> Option<usize> {
         let key = key.as_bytes();
-        self.table.find(key_hash(key), |&i| customers[i as usize].key.as_bytes() == key).map(|&i| i as usize)
+        self.0.get(key_hash(key), |i| customers[i].key.as_bytes() == key)
     }
 
     /// Adds slot `idx`, whose key is set and not yet indexed.
     fn insert(&mut self, customers: &ChunkedVec<CustomerState>, idx: usize) {
-        // A slot is 120 bytes, so 2^32 of them would need 480 GB: the number always fits.
-        let slot = u32::try_from(idx).expect("fewer than 2^32 customer slots");
-        self.table.insert_unique(key_hash(customers[idx].key.as_bytes()), slot, |&i| key_hash(customers[i as usize].key.as_bytes()));
+        self.0.insert(key_hash(customers[idx].key.as_bytes()), idx);
     }
 
     /// Removes slot `idx` (its key still set).
     fn remove(&mut self, customers: &ChunkedVec<CustomerState>, idx: usize) {
-        if let Ok(e) = self.table.find_entry(key_hash(customers[idx].key.as_bytes()), |&i| i as usize == idx) {
-            e.remove();
-        }
+        self.0.remove(key_hash(customers[idx].key.as_bytes()), idx);
     }
 
     fn len(&self) -> usize {
-        self.table.len()
+        self.0.len()
     }
 
     fn slots(&self) -> impl Iterator<Item = usize> + '_ {
-        self.table.iter().map(|&i| i as usize)
-    }
-}
-
-/// Slot deadlines, bucketed by the pruning grid with a min-heap per bucket: most deadlines are
-/// grid multiples (pruning), so an insert is a push onto the heap of a bucket that already
-/// exists, and entries come out in (deadline, slot) order as from one ordered set. Duplicates
-/// are not merged; the second copy finds its slot's `timer` changed and is skipped.
-#[derive(Debug)]
-struct Timers {
-    width: i64,
-    /// Bucket number (deadline / width) -> its entries; empty buckets are removed.
-    buckets: BTreeMap<i64, BinaryHeap<Reverse<(i64, usize)>>>,
-}
-
-impl Timers {
-    fn new(width: i64) -> Timers {
-        Timers { width: width.max(1), buckets: BTreeMap::new() }
-    }
-
-    fn insert(&mut self, deadline: i64, idx: usize) {
-        self.buckets.entry(deadline.div_euclid(self.width)).or_default().push(Reverse((deadline, idx)));
-    }
-
-    /// Removes and returns the earliest entry if its deadline is before `wm`.
-    fn pop_before(&mut self, wm: i64) -> Option<(i64, usize)> {
-        let mut first = self.buckets.first_entry()?;
-        let &Reverse(top) = first.get().peek()?;
-        if top.0 >= wm {
-            return None;
-        }
-        first.get_mut().pop();
-        if first.get().is_empty() {
-            first.remove();
-        }
-        Some(top)
+        self.0.slots()
     }
 }
 
@@ -1119,41 +1075,4 @@ fn same_content(a: &DetectedHit, b: &DetectedHit) -> bool {
         && x.severity == y.severity
         && a.channel == b.channel
         && a.region == b.region
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Timers;
-    use proptest::prelude::*;
-    use std::collections::BTreeSet;
-
-    proptest! {
-        #[test]
-        fn timers_come_out_as_from_an_ordered_set(
-            ops in proptest::collection::vec((any::<bool>(), -50i64..50, 0usize..6), 0..200),
-            width in 1i64..20,
-        ) {
-            let mut t = Timers::new(width);
-            let mut set = BTreeSet::new();
-            for (insert, x, idx) in ops {
-                if insert {
-                    t.insert(x, idx);
-                    set.insert((x, idx));
-                } else {
-                    let mut got = Vec::new();
-                    while let Some(e) = t.pop_before(x) {
-                        // Duplicates come out together; the set holds one copy.
-                        if got.last() != Some(&e) {
-                            got.push(e);
-                        }
-                    }
-                    let want: Vec<(i64, usize)> = set.iter().copied().take_while(|e| e.0 < x).collect();
-                    for e in &want {
-                        set.remove(e);
-                    }
-                    prop_assert_eq!(got, want);
-                }
-            }
-        }
-    }
 }

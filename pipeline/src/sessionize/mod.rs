@@ -14,11 +14,12 @@
 //! emitted again with `retracted = true`. So, whatever the arrival order within the horizon,
 //! the latest non-retracted versions equal the batch result.
 
-use crate::chunked::ChunkedVec;
+use crate::slots::{ChunkedVec, SlotIndex};
+use crate::timers::Timers;
 use crate::operator::Operator;
 use journey_schemas::{Channel, ChannelEvent, Session};
 use std::cell::RefCell;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
@@ -45,6 +46,10 @@ pub fn intern(s: &str) -> Arc<str> {
         a
     })
 }
+
+/// Width of the timer buckets (see `timers.rs`): a minute of event time, so a day of
+/// deadlines spans some 1 500 buckets.
+const TIMER_BUCKET_MS: i64 = 60_000;
 
 /// Session parameters, in milliseconds of event time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -319,10 +324,11 @@ pub struct CustomerSnapshot {
     pub emitted: Vec<Session>,
 }
 
-/// The slots of the customers with state, found by their key (which the slot holds).
+/// The slots of the customers with state, found by their key (which the slot holds; see
+/// `slots.rs`).
 #[derive(Debug, Default)]
 struct CustomerIndex {
-    table: hashbrown::HashTable<usize>,
+    slots: SlotIndex,
     hasher: foldhash::fast::RandomState,
 }
 
@@ -332,24 +338,21 @@ impl CustomerIndex {
     }
 
     fn get(&self, customers: &ChunkedVec<CustomerState>, key: &str) -> Option<usize> {
-        self.table.find(self.hash(key), |&i| customers[i].key == key).copied()
+        self.slots.get(self.hash(key), |i| customers[i].key == key)
     }
 
     /// Adds slot `idx`, whose key is set and not yet indexed.
     fn insert(&mut self, customers: &ChunkedVec<CustomerState>, idx: usize) {
-        let hasher = &self.hasher;
-        self.table.insert_unique(hasher.hash_one(customers[idx].key.as_str()), idx, |&i| hasher.hash_one(customers[i].key.as_str()));
+        self.slots.insert(self.hash(&customers[idx].key), idx);
     }
 
     /// Removes slot `idx` (its key still set).
     fn remove(&mut self, customers: &ChunkedVec<CustomerState>, idx: usize) {
-        if let Ok(e) = self.table.find_entry(self.hash(&customers[idx].key), |&i| i == idx) {
-            e.remove();
-        }
+        self.slots.remove(self.hash(&customers[idx].key), idx);
     }
 
     fn len(&self) -> usize {
-        self.table.len()
+        self.slots.len()
     }
 }
 
@@ -361,10 +364,11 @@ pub struct Sessionizer {
     /// comparison reads the state the event goes on to use); looked up for every event, so a
     /// fast seeded hash, not SipHash.
     index: CustomerIndex,
-    /// The slots (see `chunked.rs`: growing never moves them).
+    /// The slots (see `slots.rs`: growing never moves them).
     customers: ChunkedVec<CustomerState>,
     free: Vec<usize>,
-    timers: BTreeSet<(i64, usize)>,
+    /// (armed deadline, slot); entries that no longer match their slot's `armed` are skipped.
+    timers: Timers,
     watermark: i64,
     /// Lowest version a new emission may carry (the runtime derives it from input offsets,
     /// so versions are deterministic and grow across restarts).
@@ -392,7 +396,7 @@ impl Sessionizer {
             index: CustomerIndex::default(),
             customers: ChunkedVec::default(),
             free: Vec::new(),
-            timers: BTreeSet::new(),
+            timers: Timers::new(TIMER_BUCKET_MS),
             watermark: i64::MIN,
             version_floor: 1,
             dirty: Vec::new(),
@@ -606,13 +610,12 @@ impl Sessionizer {
         let shortcut = !self.reference_timers;
         #[cfg(not(test))]
         let shortcut = true;
-        while let Some(&(armed, idx)) = self.timers.first() {
-            if armed >= watermark {
-                break;
-            }
-            self.timers.pop_first();
+        while let Some((armed, idx)) = self.timers.pop_before(watermark) {
             let c = &mut self.customers[idx];
-            debug_assert_eq!(c.armed, Some(armed), "the timer set holds each customer's armed entry only");
+            if c.armed != Some(armed) {
+                // Left behind when the slot was armed earlier, or freed (see `timers.rs`).
+                continue;
+            }
             c.armed = None;
             match c.timer {
                 Some(t) if t < watermark => {
@@ -638,13 +641,11 @@ impl Sessionizer {
         c.timer = deadline;
         match (c.armed, deadline) {
             (Some(a), Some(t)) if a <= t => {}
-            (armed, _) => {
-                if let Some(a) = armed {
-                    self.timers.remove(&(a, idx));
-                }
+            _ => {
+                // An entry armed before stays in the set and is skipped when it comes up.
                 c.armed = deadline;
                 if let Some(t) = deadline {
-                    self.timers.insert((t, idx));
+                    self.timers.insert(t, idx);
                 }
             }
         }
@@ -792,10 +793,8 @@ impl Sessionizer {
         self.index.remove(&self.customers, idx);
         self.dirty_gone.insert(customer.to_string());
         let floor = self.version_floor;
+        // Its timer entry, if any, stays behind and is skipped (the slot's `armed` is cleared).
         let state = std::mem::take(&mut self.customers[idx]);
-        if let Some(a) = state.armed {
-            self.timers.remove(&(a, idx));
-        }
         self.free.push(idx);
         let mut retractions: Vec<Arc<Session>> = state.emitted.into_iter().map(|s| s.rec).filter(|s| !s.retracted).collect();
         retractions.sort_by(|a, b| a.session_id.cmp(&b.session_id));
