@@ -5,7 +5,6 @@
 //! Processors are pure per-partition folds ([`operator::Operator`]); the runtime owns all I/O.
 
 pub mod backtest;
-mod slots;
 pub mod config;
 pub mod detect;
 pub mod migrate;
@@ -14,6 +13,7 @@ pub mod pii;
 pub mod runtime;
 pub mod sessionize;
 pub mod sink;
+mod slots;
 pub mod stitch;
 mod timers;
 

@@ -139,8 +139,8 @@ impl SlotIndex {
 #[cfg(test)]
 mod tests {
     use super::{ChunkedVec, SlotIndex, CHUNK};
-    use std::collections::HashMap;
     use proptest::prelude::*;
+    use std::collections::HashMap;
 
     proptest! {
         #[test]

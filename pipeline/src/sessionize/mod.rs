@@ -14,9 +14,9 @@
 //! emitted again with `retracted = true`. So, whatever the arrival order within the horizon,
 //! the latest non-retracted versions equal the batch result.
 
+use crate::operator::Operator;
 use crate::slots::{ChunkedVec, SlotIndex};
 use crate::timers::Timers;
-use crate::operator::Operator;
 use journey_schemas::{Channel, ChannelEvent, Session};
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
