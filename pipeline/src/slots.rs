@@ -24,19 +24,18 @@ const CHUNK: usize = 1 << CHUNK_BITS;
 pub(crate) struct ChunkedVec<T> {
     /// Full chunks, then the last one; each allocated for exactly [`CHUNK`] elements.
     chunks: Vec<Vec<T>>,
-    len: usize,
 }
 
 impl<T> Default for ChunkedVec<T> {
     fn default() -> ChunkedVec<T> {
-        ChunkedVec { chunks: Vec::new(), len: 0 }
+        ChunkedVec { chunks: Vec::new() }
     }
 }
 
 impl<T> ChunkedVec<T> {
     /// Number of elements.
     pub(crate) fn len(&self) -> usize {
-        self.len
+        self.chunks.last().map_or(0, |last| (self.chunks.len() - 1) * CHUNK + last.len())
     }
 
     /// Elements it holds room for without allocating.
@@ -46,13 +45,13 @@ impl<T> ChunkedVec<T> {
 
     /// Appends `v` and returns its index.
     pub(crate) fn push(&mut self, v: T) -> usize {
-        if self.len == self.capacity() {
+        let at = self.len();
+        if at == self.capacity() {
             self.chunks.push(Vec::with_capacity(CHUNK));
         }
         let last = self.chunks.last_mut().expect("a chunk with room was just ensured");
         last.push(v);
-        self.len += 1;
-        self.len - 1
+        at
     }
 
     /// The elements in index order.
