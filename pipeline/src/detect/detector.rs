@@ -29,6 +29,7 @@ use crate::timers::Timers;
 use journey_schemas::ChannelEvent;
 use std::collections::HashSet;
 use std::sync::Arc;
+use thin_vec::ThinVec;
 
 /// Where the detector learns the session of an event. The runtime admits each event to the
 /// sessionizer before the detector, so the lookup sees the current cut.
@@ -113,20 +114,43 @@ struct Pending {
     session: Option<String>,
 }
 
-#[derive(Debug, Default)]
+/// One customer's slot: one cache line (its vectors are one pointer each, and an empty one
+/// allocates nothing), since looking a customer up, and its timer coming up later, touch the
+/// slot of a customer whose state is long out of cache.
+#[derive(Debug)]
+#[repr(align(64))]
 struct CustomerState {
     /// Canonical customer key (also in the index).
     key: InlineStr,
     /// Kept events, sorted by (time, id).
-    events: Vec<Kept>,
+    events: ThinVec<Kept>,
     /// Absence triggers whose window is still open.
-    pending: Vec<Pending>,
+    pending: ThinVec<Pending>,
     /// Last emitted record per hit id.
     emitted: Emitted,
-    /// Deadline in the timer set, if any.
-    timer: Option<i64>,
+    /// Deadline in the timer set, or [`NO_TIMER`]. A deadline of `i64::MAX` would never come
+    /// up (the watermark never passes it), so it needs no entry either.
+    timer: i64,
     /// Its key is in `Detector::dirty` if this equals `Detector::dirty_epoch`.
     dirty_epoch: u64,
+}
+
+const _: () = assert!(std::mem::size_of::<CustomerState>() == 64);
+
+/// [`CustomerState::timer`] of a slot without a timer.
+const NO_TIMER: i64 = i64::MAX;
+
+impl Default for CustomerState {
+    fn default() -> CustomerState {
+        CustomerState {
+            key: InlineStr::default(),
+            events: ThinVec::new(),
+            pending: ThinVec::new(),
+            emitted: Emitted::default(),
+            timer: NO_TIMER,
+            dirty_epoch: 0,
+        }
+    }
 }
 
 /// The per-partition scenario detector (see the module docs for semantics and bounds).
@@ -352,12 +376,12 @@ impl Detector {
         c.events.clear();
         c.pending.clear();
         if c.events.capacity() > 16 {
-            c.events = Vec::new();
+            c.events = ThinVec::new();
         }
         // Few customers have live hit records (4 692 for 81 057 customers after a benchmark
         // pass), so a reused slot seldom needs the buffer: free it rather than keep room for four.
-        c.emitted.0 = Vec::new();
-        c.timer = None;
+        c.emitted.0 = ThinVec::new();
+        c.timer = NO_TIMER;
         c.dirty_epoch = 0;
         list_dirty(&mut self.dirty, &mut self.dirty_listed, &key);
         self.free.push(idx);
@@ -561,8 +585,8 @@ impl Detector {
     /// removed: one that no longer matches its slot's `timer` is skipped when it comes up.
     fn arm(&mut self, idx: usize, deadline: i64) {
         let c = &mut self.customers[idx];
-        if c.timer.is_none_or(|t| deadline < t) {
-            c.timer = Some(deadline);
+        if deadline < c.timer {
+            c.timer = deadline;
             self.timers.insert(deadline, idx);
         }
     }
@@ -606,8 +630,8 @@ impl Detector {
         match next {
             Some(d) => {
                 let c = &mut self.customers[idx];
-                if c.timer != Some(d) {
-                    c.timer = Some(d);
+                if c.timer != d && d != NO_TIMER {
+                    c.timer = d;
                     self.timers.insert(d, idx);
                 }
             }
@@ -701,7 +725,7 @@ impl Detector {
         }
         retracted.sort_by(|a, b| emission_order(a).cmp(&emission_order(b)));
         out.extend(retracted);
-        c.pending = pending;
+        c.pending = pending.into();
         self.settle(idx);
     }
 
@@ -753,8 +777,8 @@ impl Detector {
         }
         self.watermark = watermark;
         while let Some((deadline, idx)) = self.timers.pop_before(watermark) {
-            if self.customers[idx].timer == Some(deadline) {
-                self.customers[idx].timer = None;
+            if self.customers[idx].timer == deadline {
+                self.customers[idx].timer = NO_TIMER;
                 self.on_timer(idx, sessions, out);
             }
         }
@@ -770,7 +794,7 @@ impl Detector {
             self.mark_dirty(idx);
             let Detector { customers, symbols, .. } = self;
             let c = &mut customers[idx];
-            let (mut due, rest): (Vec<Pending>, Vec<Pending>) = std::mem::take(&mut c.pending).into_iter().partition(due);
+            let (mut due, rest): (ThinVec<Pending>, ThinVec<Pending>) = std::mem::take(&mut c.pending).into_iter().partition(due);
             c.pending = rest;
             due.sort_by(|a, b| (a.deadline, a.rule, a.time, a.id.as_bytes()).cmp(&(b.deadline, b.rule, b.time, b.id.as_bytes())));
             for p in due {
@@ -829,7 +853,7 @@ impl Detector {
                     kept.push(k);
                 }
             }
-            c.events = kept;
+            c.events = kept.into();
             let old_pending = std::mem::take(&mut c.pending);
             for (ri, r) in rules.compiled.iter().enumerate() {
                 let Shape::Absence { followed_by, .. } = r.shape else { continue };
@@ -877,7 +901,7 @@ impl Detector {
                     }
                 })
                 .collect(),
-            emitted: c.emitted.0.clone(),
+            emitted: c.emitted.0.to_vec(),
         })
     }
 
@@ -910,7 +934,7 @@ impl Detector {
         if let Some(last) = events.last() {
             self.kept_upto = self.kept_upto.max(last.time);
         }
-        c.events = events;
+        c.events = events.into();
         c.pending = snap
             .pending
             .into_iter()
@@ -1019,7 +1043,7 @@ fn emission_order(h: &DetectedHit) -> (i64, &str, &str) {
 /// The last emitted record of each hit id of a customer, sorted by hit id: a customer has a
 /// handful at most, so a sorted vector beats a map (a B-tree leaf alone holds eleven records).
 #[derive(Debug, Default)]
-struct Emitted(Vec<EmittedHit>);
+struct Emitted(ThinVec<EmittedHit>);
 
 impl Emitted {
     fn find(&self, hit_id: &str) -> Result<usize, usize> {
