@@ -12,6 +12,7 @@ use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
+use thin_vec::ThinVec;
 
 /// The part of an event the rules need; this is what the detector keeps per event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,8 +151,8 @@ pub fn intern(s: &str) -> Arc<str> {
 pub(crate) enum Bits {
     /// Up to 64 predicates.
     Small(u64),
-    /// More.
-    Large(Box<[u64]>),
+    /// More (a thin vector, one pointer, so that `Bits` is two words: it is in every kept event).
+    Large(ThinVec<u64>),
 }
 
 impl Bits {
@@ -375,7 +376,7 @@ impl RuleSet {
             }
             Bits::Small(w)
         } else {
-            let mut ws = vec![0u64; n.div_ceil(64)].into_boxed_slice();
+            let mut ws: ThinVec<u64> = std::iter::repeat_n(0u64, n.div_ceil(64)).collect();
             for i in 0..n {
                 if hit(i) {
                     ws[i / 64] |= 1 << (i % 64);

@@ -13,6 +13,7 @@ use journey_schemas::{Channel, ChannelEvent};
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::sync::Arc;
+use thin_vec::ThinVec;
 
 use super::eval::WordHash;
 
@@ -200,9 +201,13 @@ pub(crate) struct Kept {
     pub channel: Channel,
     /// Symbols: event type, outcome, topic, line, region, agent id (`NONE` for null).
     fields: [u32; 6],
-    /// The attributes some rule read when the event came in, sorted by key.
-    attrs: Box<[(Arc<str>, Arc<str>)]>,
+    /// The attributes some rule read when the event came in, sorted by key (a thin vector:
+    /// most events have none, and an empty one is one null-like pointer).
+    attrs: ThinVec<(Arc<str>, Arc<str>)>,
 }
+
+// Every retained event is one of these: keep it from growing unnoticed.
+const _: () = assert!(std::mem::size_of::<Kept>() == 96);
 
 const EVENT_TYPE: usize = 0;
 const OUTCOME: usize = 1;
@@ -214,8 +219,8 @@ const AGENT_ID: usize = 5;
 impl Kept {
     /// What [`DetectEvent::from_event`] would keep of `e`, without building it.
     pub(crate) fn from_event(e: &ChannelEvent, rules: &RuleSet, syms: &mut Symbols, bits: Bits, expires: i64) -> Kept {
-        let attrs: Box<[(Arc<str>, Arc<str>)]> = if rules.attr_keys.is_empty() || e.attrs.is_empty() {
-            Box::default()
+        let attrs: ThinVec<(Arc<str>, Arc<str>)> = if rules.attr_keys.is_empty() || e.attrs.is_empty() {
+            ThinVec::new()
         } else {
             rules.attr_keys.iter().filter_map(|k| e.attrs.get(&**k).map(|v| (k.clone(), intern(v)))).collect()
         };
@@ -260,7 +265,7 @@ impl Kept {
                 syms.opt(ev.region.as_deref()),
                 syms.opt(ev.agent_id.as_deref()),
             ],
-            attrs: ev.attrs.clone(),
+            attrs: ev.attrs.iter().cloned().collect(),
         }
     }
 
@@ -277,7 +282,7 @@ impl Kept {
             line: name(LINE),
             region: name(REGION),
             agent_id: name(AGENT_ID),
-            attrs: self.attrs.clone(),
+            attrs: self.attrs.iter().cloned().collect(),
         }
     }
 

@@ -1023,3 +1023,35 @@ fn a_detector_beside_sessions_refuses_a_lookup_without_events() {
     let mut out = Vec::new();
     d.admit_event("c1", &raw(0, "call1", Channel::ContactCentre, "contact.start"), &NoSessions, &mut out);
 }
+
+#[test]
+fn rule_sets_of_more_than_64_predicates_match_past_the_first_word() {
+    // 40 rules of two steps each, every step on a topic of its own: 80 predicates, so an
+    // event's predicate bits take two words, and the last rules' bits are all in the second.
+    let text: String = (0..40)
+        .map(|i| {
+            format!(
+                "[[rule]]\nname = \"r{i}\"\nkind = \"sequence\"\nwithin = \"10ms\"\nsame = [\"topic\"]\n\
+                 steps = [{{ channel = \"APP\", topic = \"t{i}\" }}, {{ event_type = \"contact.start\", topic = \"t{i}\" }}]\n"
+            )
+        })
+        .collect();
+    let r = Arc::new(rules(&text));
+    let evs = vec![
+        ev(&r, 0, "a39", Channel::App, "x", Some("t39"), None),
+        ev(&r, 1, "a0", Channel::App, "x", Some("t0"), None),
+        ev(&r, 2, "c38", Channel::ContactCentre, "contact.start", Some("t38"), None),
+        ev(&r, 3, "c39", Channel::ContactCentre, "contact.start", Some("t39"), None),
+        ev(&r, 4, "c0", Channel::ContactCentre, "contact.start", Some("t0"), None),
+    ];
+    assert!(matches!(r.match_bits(&evs[3]), eval::Bits::Large(_)), "the bits do not fit one word");
+    let want = vec![("r0".into(), "c0".into(), ids(&["a0", "c0"]), 4), ("r39".into(), "c39".into(), ids(&["a39", "c39"]), 3)];
+    assert_eq!(summary(&evaluate(&r, "k", &evs)), want);
+    let mut d = Detector::new(r.clone(), 100);
+    let mut out = Vec::new();
+    for e in evs {
+        d.admit("k", e, &NoSessions, &mut out);
+    }
+    d.flush_all(&NoSessions, &mut out);
+    assert_eq!(summary(&out), want);
+}
