@@ -630,9 +630,11 @@ impl Detector {
         match next {
             Some(d) => {
                 let c = &mut self.customers[idx];
-                if c.timer != d && d != NO_TIMER {
+                if c.timer != d {
                     c.timer = d;
-                    self.timers.insert(d, idx);
+                    if d != NO_TIMER {
+                        self.timers.insert(d, idx);
+                    }
                 }
             }
             None => self.release(idx),
@@ -665,7 +667,7 @@ impl Detector {
         };
         // (detection time, rule, trigger position, trigger time, hit)
         let mut computed: Vec<(i64, usize, usize, i64, DetectedHit)> = Vec::new();
-        let mut pending = Vec::new();
+        let mut pending = ThinVec::new();
         let session_for = |c: &CustomerState, hit: &DetectedHit, time: i64, id: &str, hint: Option<String>| {
             sessions
                 .session_of(c.key.as_str(), time, id)
@@ -725,7 +727,7 @@ impl Detector {
         }
         retracted.sort_by(|a, b| emission_order(a).cmp(&emission_order(b)));
         out.extend(retracted);
-        c.pending = pending.into();
+        c.pending = pending;
         self.settle(idx);
     }
 
@@ -845,7 +847,7 @@ impl Detector {
         for idx in slots {
             let rules = Arc::clone(&self.rules);
             let c = &mut self.customers[idx];
-            let mut kept = Vec::with_capacity(c.events.len());
+            let mut kept = ThinVec::with_capacity(c.events.len());
             for mut k in std::mem::take(&mut c.events) {
                 k.bits = self.served.kept(rules.match_bits(&k.fields(&self.symbols)));
                 if !k.bits.is_empty() {
@@ -853,7 +855,7 @@ impl Detector {
                     kept.push(k);
                 }
             }
-            c.events = kept.into();
+            c.events = kept;
             let old_pending = std::mem::take(&mut c.pending);
             for (ri, r) in rules.compiled.iter().enumerate() {
                 let Shape::Absence { followed_by, .. } = r.shape else { continue };
@@ -918,7 +920,7 @@ impl Detector {
         let symbols = &mut self.symbols;
         let served = &self.served;
         let c = &mut self.customers[idx];
-        let mut events: Vec<Kept> = snap
+        let mut events: ThinVec<Kept> = snap
             .events
             .iter()
             .filter_map(|ev| {
@@ -934,7 +936,7 @@ impl Detector {
         if let Some(last) = events.last() {
             self.kept_upto = self.kept_upto.max(last.time);
         }
-        c.events = events.into();
+        c.events = events;
         c.pending = snap
             .pending
             .into_iter()
