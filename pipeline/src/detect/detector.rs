@@ -185,12 +185,13 @@ pub struct Detector {
     /// Changed or removed since the last [`Detector::take_dirty`], in the order first marked:
     /// the keys are copied (inline, without an allocation) when a customer is first marked,
     /// while its state is in cache, rather than read back from thousands of cold slots at the
-    /// flush; taking them starts a new epoch, which unmarks every slot. `dirty_listed` holds
-    /// the same keys, so that a customer removed and created again within an epoch is listed
-    /// once. Both are cleared, not given away, so they are grown once rather than at every
-    /// flush.
+    /// flush; taking them starts a new epoch, which unmarks every slot. A key is listed once:
+    /// a slot is marked in the epoch it was listed in, and `dirty_gone` holds the keys listed
+    /// for slots released in this epoch, which a new slot of the same key looks up (only a
+    /// release or a new slot hashes a key, not every first change of a customer in a flush).
+    /// Both are cleared, not given away, so they are grown once rather than at every flush.
     dirty: Vec<InlineStr>,
-    dirty_listed: HashSet<InlineStr, foldhash::fast::FixedState>,
+    dirty_gone: HashSet<InlineStr, foldhash::fast::FixedState>,
     dirty_epoch: u64,
 }
 
@@ -213,7 +214,7 @@ impl Detector {
             version_floor: 1,
             kept_upto: i64::MIN,
             dirty: Vec::new(),
-            dirty_listed: HashSet::default(),
+            dirty_gone: HashSet::default(),
             dirty_epoch: 1,
         }
     }
@@ -340,14 +341,16 @@ impl Detector {
         self.dirty_epoch += 1;
         keys.extend(self.dirty.iter().map(|k| k.as_str().to_string()));
         self.dirty.clear();
-        self.dirty_listed.clear();
+        self.dirty_gone.clear();
     }
 
     fn mark_dirty(&mut self, idx: usize) {
         let c = &mut self.customers[idx];
         if c.dirty_epoch != self.dirty_epoch {
+            // Not listed in this epoch: not through this slot (its mark), nor through a slot of
+            // the same key released earlier in it (`new_slot` then marked this one).
             c.dirty_epoch = self.dirty_epoch;
-            list_dirty(&mut self.dirty, &mut self.dirty_listed, &c.key);
+            self.dirty.push(c.key.clone());
         }
     }
 
@@ -364,6 +367,10 @@ impl Detector {
             None => self.customers.push(CustomerState { key, ..Default::default() }),
         };
         self.index.insert(&self.customers, i);
+        if !self.dirty_gone.is_empty() && self.dirty_gone.contains(customer.as_bytes()) {
+            // Its key was listed when its earlier slot went, in this epoch.
+            self.customers[i].dirty_epoch = self.dirty_epoch;
+        }
         i
     }
 
@@ -382,8 +389,11 @@ impl Detector {
         // pass), so a reused slot seldom needs the buffer: free it rather than keep room for four.
         c.emitted.0 = ThinVec::new();
         c.timer = NO_TIMER;
+        if c.dirty_epoch != self.dirty_epoch {
+            self.dirty.push(key.clone());
+        }
         c.dirty_epoch = 0;
-        list_dirty(&mut self.dirty, &mut self.dirty_listed, &key);
+        self.dirty_gone.insert(key);
         self.free.push(idx);
     }
 
@@ -957,11 +967,14 @@ impl Detector {
             c.emitted.insert(e);
         }
         self.settle_at(idx, i64::MIN);
-        // Restored state is what the checkpoint already holds.
+        // Restored state is what the checkpoint already holds: unlist the key.
+        let mut listed = self.dirty_gone.remove(snap.key.as_bytes());
         if let Some(idx) = self.index.get(&self.customers, &snap.key) {
-            self.customers[idx].dirty_epoch = 0;
+            let c = &mut self.customers[idx];
+            listed |= c.dirty_epoch == self.dirty_epoch;
+            c.dirty_epoch = 0;
         }
-        if self.dirty_listed.remove(snap.key.as_bytes()) {
+        if listed {
             self.dirty.retain(|k| k.as_bytes() != snap.key.as_bytes());
         }
     }
@@ -1006,13 +1019,6 @@ impl CustomerIndex {
 
     fn slots(&self) -> impl Iterator<Item = usize> + '_ {
         self.0.slots()
-    }
-}
-
-/// Lists `key` as changed unless it is listed already.
-fn list_dirty(dirty: &mut Vec<InlineStr>, listed: &mut HashSet<InlineStr, foldhash::fast::FixedState>, key: &InlineStr) {
-    if listed.insert(key.clone()) {
-        dirty.push(key.clone());
     }
 }
 

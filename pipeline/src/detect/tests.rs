@@ -1055,3 +1055,33 @@ fn rule_sets_of_more_than_64_predicates_match_past_the_first_word() {
     d.flush_all(&NoSessions, &mut out);
     assert_eq!(summary(&out), want);
 }
+
+#[test]
+fn a_restored_key_is_unlisted_however_it_was_listed() {
+    let r = Arc::new(rules(SEQ));
+    let s = NoSessions;
+    let mut out = Vec::new();
+    let mut d = Detector::new(r.clone(), 1000);
+    d.admit("k", ev(&r, 0, "a", Channel::App, "x", None, None), &s, &mut out);
+    let snap = d.snapshot("k").expect("customer has state");
+    d.take_dirty();
+    // Listed through its slot; through its released slot; through a slot created again after
+    // a release: in each case a restore of the key leaves only the other key listed.
+    let cases: [&dyn Fn(&mut Detector, &mut Vec<DetectedHit>); 3] = [
+        &|d, out| {
+            d.admit("k", ev(&r, 1, "i", Channel::Ivr, "x", None, None), &s, out);
+        },
+        &|d, out| d.take_customer("k", out),
+        &|d, out| {
+            d.take_customer("k", out);
+            d.admit("k", ev(&r, 2, "i2", Channel::Ivr, "x", None, None), &s, out);
+        },
+    ];
+    for (i, change) in cases.iter().enumerate() {
+        d.admit("j", ev(&r, 3, &format!("j{i}"), Channel::Ivr, "x", None, None), &s, &mut out);
+        change(&mut d, &mut out);
+        d.restore(snap.clone());
+        assert_eq!(d.take_dirty(), ["j"], "case {i}");
+        assert_eq!(d.snapshot("k").as_ref(), Some(&snap), "case {i}");
+    }
+}
