@@ -820,6 +820,7 @@ fn sessionizer_lookup_finds_the_session_of_an_event() {
         topic: None,
         region: None,
         assisted: false,
+        id_tag: 0,
         offset: 0,
         payload: None,
         moves: 0,
@@ -1067,19 +1068,18 @@ fn a_restored_key_is_unlisted_however_it_was_listed() {
     d.take_dirty();
     // Listed through its slot; through its released slot; through a slot created again after
     // a release: in each case a restore of the key leaves only the other key listed.
-    let cases: [&dyn Fn(&mut Detector, &mut Vec<DetectedHit>); 3] = [
-        &|d, out| {
-            d.admit("k", ev(&r, 1, "i", Channel::Ivr, "x", None, None), &s, out);
-        },
-        &|d, out| d.take_customer("k", out),
-        &|d, out| {
-            d.take_customer("k", out);
-            d.admit("k", ev(&r, 2, "i2", Channel::Ivr, "x", None, None), &s, out);
-        },
-    ];
-    for (i, change) in cases.iter().enumerate() {
+    for i in 0..3 {
         d.admit("j", ev(&r, 3, &format!("j{i}"), Channel::Ivr, "x", None, None), &s, &mut out);
-        change(&mut d, &mut out);
+        match i {
+            0 => {
+                d.admit("k", ev(&r, 1, "i", Channel::Ivr, "x", None, None), &s, &mut out);
+            }
+            1 => d.take_customer("k", &mut out),
+            _ => {
+                d.take_customer("k", &mut out);
+                d.admit("k", ev(&r, 2, "i2", Channel::Ivr, "x", None, None), &s, &mut out);
+            }
+        }
         d.restore(snap.clone());
         assert_eq!(d.take_dirty(), ["j"], "case {i}");
         assert_eq!(d.snapshot("k").as_ref(), Some(&snap), "case {i}");
