@@ -105,7 +105,7 @@ pub fn decode_customer(codec: &Codec, buf: &[u8]) -> Result<CustomerSnapshot, Co
         let moves = r.long()? as u64;
         let len = r.long()?;
         let payload = if len < 0 { None } else { Some(Arc::from(bytes(&mut r, buf, len)?)) };
-        events.push(SessionEvent { time, id, channel, topic, region, assisted, offset, payload, moves });
+        events.push(SessionEvent { time, id, channel, topic, region, assisted, id_tag: 0, offset, payload, moves });
     }
     let n = r.long()?;
     let mut emitted = Vec::new();
@@ -223,6 +223,7 @@ mod tests {
                 topic: Some("balance".into()),
                 region: Some("north".into()),
                 assisted: true,
+                id_tag: 0,
                 offset: 42,
                 payload: Some(Arc::from(&b"\x00\x01raw"[..])),
                 moves: 2,

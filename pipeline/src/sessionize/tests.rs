@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 const P: SessionParams = SessionParams { gap_ms: 30 * 60_000, max_duration_ms: 4 * 3_600_000, horizon_ms: 24 * 3_600_000 };
 
 fn ev(time: i64, id: &str, channel: Channel) -> SessionEvent {
-    SessionEvent { time, id: id.into(), channel, topic: None, region: None, assisted: false, offset: 0, payload: None, moves: 0 }
+    SessionEvent { time, id: id.into(), channel, topic: None, region: None, assisted: false, id_tag: 0, offset: 0, payload: None, moves: 0 }
 }
 
 /// Latest version of every session id, non-retracted, version cleared: the "final state".
@@ -152,7 +152,7 @@ proptest! {
         let base = 1_700_000_000_000i64;
         // Event ids are unique (a random prefix shuffles the order of ties in time).
         let events: Vec<(String, SessionEvent)> = raw.iter().enumerate().map(|(i, &(c, m, id, ch))| {
-            (format!("c:{c}"), SessionEvent { time: base + m * 60_000, id: format!("{id:05}-{i:03}").into(), channel: Channel::ALL[ch as usize], topic: None, region: (ch % 3 == 1).then(|| Arc::from(format!("r{}", id % 3))), assisted: ch == 5, offset: 0, payload: None, moves: 0 })
+            (format!("c:{c}"), SessionEvent { time: base + m * 60_000, id: format!("{id:05}-{i:03}").into(), channel: Channel::ALL[ch as usize], topic: None, region: (ch % 3 == 1).then(|| Arc::from(format!("r{}", id % 3))), assisted: ch == 5, id_tag: 0, offset: 0, payload: None, moves: 0 })
         }).collect();
         // Arrival order: event time plus a random delay of up to 20 hours (within the 24 h horizon).
         let mut arrival: Vec<usize> = (0..events.len()).collect();
@@ -255,7 +255,7 @@ proptest! {
         let params = SessionParams { gap_ms: 30 * 60_000, max_duration_ms: 3 * 3_600_000, horizon_ms: 24 * 3_600_000 };
         let base = 1_700_000_000_000i64;
         let events: Vec<(String, SessionEvent)> = raw.iter().enumerate().map(|(i, &(c, m, id, ch))| {
-            (format!("c:{c}"), SessionEvent { time: base + m * 60_000, id: format!("{id:05}-{i:03}").into(), channel: Channel::ALL[ch as usize], topic: (ch % 4 == 0).then(|| Arc::from("t")), region: None, assisted: ch == 5, offset: i as i64, payload: None, moves: 0 })
+            (format!("c:{c}"), SessionEvent { time: base + m * 60_000, id: format!("{id:05}-{i:03}").into(), channel: Channel::ALL[ch as usize], topic: (ch % 4 == 0).then(|| Arc::from("t")), region: None, assisted: ch == 5, id_tag: 0, offset: i as i64, payload: None, moves: 0 })
         }).collect();
         let mut arrival: Vec<usize> = (0..events.len()).collect();
         arrival.sort_by_key(|&i| (events[i].1.time + delays[i % delays.len()] * 60_000, i));
@@ -338,4 +338,24 @@ fn interned_strings_are_shared_up_to_the_bound_and_equal_beyond_it() {
     })
     .join()
     .unwrap();
+}
+
+#[test]
+fn duplicates_are_recognised_whatever_id_tag_the_caller_gave() {
+    let tagged = |time, id, tag| SessionEvent { id_tag: tag, ..ev(time, id, Channel::App) };
+    let mut out = Vec::new();
+    let mut z = Sessionizer::new(P);
+    assert_eq!(z.admit("k", tagged(0, "a", 7), &mut out), Admission::Accepted);
+    assert_eq!(z.admit("k", tagged(0, "a", 9), &mut out), Admission::Duplicate);
+    assert_eq!(z.admit("k", tagged(1, "b", 7), &mut out), Admission::Accepted, "another id with the same given tag");
+    // Restored events are tagged again, whatever their snapshot says.
+    let mut snap = z.snapshot("k").expect("state");
+    for (e, tag) in snap.events.iter_mut().zip([3, 4]) {
+        e.id_tag = tag;
+    }
+    let mut y = Sessionizer::new(P);
+    y.restore(snap, &mut out);
+    assert_eq!(y.admit("k", ev(0, "a", Channel::App), &mut out), Admission::Duplicate);
+    assert_eq!(y.admit("k", ev(1, "b", Channel::App), &mut out), Admission::Duplicate);
+    assert_eq!(y.admit("k", ev(2, "c", Channel::App), &mut out), Admission::Accepted);
 }
