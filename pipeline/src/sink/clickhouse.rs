@@ -22,8 +22,8 @@ pub struct EventRow {
     pub event_time: i64,
     /// Ingest time, epoch ms.
     pub ingest_time: i64,
-    /// Channel symbol.
-    pub channel: String,
+    /// Channel symbol (one of the static symbols when built from an event: no allocation per row).
+    pub channel: std::borrow::Cow<'static, str>,
     /// Event type.
     pub event_type: String,
     /// Canonical customer key.
@@ -58,7 +58,7 @@ impl EventRow {
             event_id: e.event_id.clone(),
             event_time: e.event_time,
             ingest_time: e.ingest_time,
-            channel: e.channel.as_str().to_string(),
+            channel: e.channel.as_str().into(),
             event_type: e.event_type.clone(),
             customer_id: customer.to_string(),
             crm_id: s(&e.customer_id),
@@ -81,7 +81,7 @@ impl EventRow {
             event_id: e.event_id,
             event_time: e.event_time,
             ingest_time: e.ingest_time,
-            channel: e.channel.as_str().to_string(),
+            channel: e.channel.as_str().into(),
             event_type: e.event_type,
             customer_id: customer.to_string(),
             crm_id: e.customer_id.unwrap_or_default(),
