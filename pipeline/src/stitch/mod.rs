@@ -46,8 +46,8 @@ impl Ident {
     pub fn canonical_key(&self) -> String {
         match self.kind {
             IdKind::Customer => self.value.clone(),
-            IdKind::Msisdn => format!("m:{}", self.value),
-            IdKind::App => format!("a:{}", self.value),
+            IdKind::Msisdn => prefixed("m:", &self.value),
+            IdKind::App => prefixed("a:", &self.value),
         }
     }
 
@@ -58,7 +58,7 @@ impl Ident {
             IdKind::Msisdn => "m:",
             IdKind::App => "a:",
         };
-        format!("{p}{}", self.value)
+        prefixed(p, &self.value)
     }
 
     /// Parses a topic key.
@@ -448,9 +448,23 @@ impl IdentityGraph {
     }
 }
 
-/// The identity-topic key of a canonical key.
+/// `prefix` + `value`, in one allocation of the right size (no formatting machinery: these
+/// keys are built for every identifier of every changed observation).
+fn prefixed(prefix: &str, value: &str) -> String {
+    let mut s = String::with_capacity(prefix.len() + value.len());
+    s.push_str(prefix);
+    s.push_str(value);
+    s
+}
+
+/// The identity-topic key of a canonical key: that of the identifier it names
+/// ([`ident_of_canonical`]), which for a phone or app key is the canonical key itself.
 pub fn canonical_topic_key(canonical: &str) -> String {
-    ident_of_canonical(canonical).map_or_else(|| canonical.to_string(), |i| i.topic_key())
+    if canonical.is_empty() || canonical.starts_with("m:") || canonical.starts_with("a:") {
+        canonical.to_string()
+    } else {
+        prefixed("c:", canonical)
+    }
 }
 
 /// The identifier a canonical key names.

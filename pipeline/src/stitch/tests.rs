@@ -170,3 +170,18 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    /// The shortcut is the definition: the topic key of the identifier the canonical key names.
+    #[test]
+    fn canonical_topic_key_is_that_of_the_named_identifier(kind in 0u8..4, value in "[a-z:0-9]{0,6}") {
+        let canonical = match kind {
+            0 => format!("m:{value}"),
+            1 => format!("a:{value}"),
+            2 => format!("c:{value}"),
+            _ => value,
+        };
+        let want = ident_of_canonical(&canonical).map_or_else(|| canonical.clone(), |i| i.topic_key());
+        prop_assert_eq!(canonical_topic_key(&canonical), want);
+    }
+}
