@@ -598,9 +598,13 @@ impl Processor {
         let state_topic = self.cfg.topics.state.clone();
         let mut acks = Vec::new();
         let mut keys = Vec::new();
+        // One key buffer for every record (the producer copies the key when it takes a record).
+        let mut k = String::new();
         for (&p, st) in &mut self.partitions {
             let mut put = |prefix: &str, key: &str, value: Option<Vec<u8>>| {
-                let k = format!("{prefix}{key}");
+                k.clear();
+                k.push_str(prefix);
+                k.push_str(key);
                 let mut record = FutureRecord::to(&state_topic).partition(p).key(k.as_bytes());
                 if let Some(v) = &value {
                     record = record.payload(&v[..]);
