@@ -106,7 +106,8 @@ impl PartialEq for SessionEvent {
 
 impl Eq for SessionEvent {}
 
-// A kept event is this size with the tag or without it (it takes padding).
+// Every retained event is one of these, the same size with the tag as without it (the tag
+// takes padding): keep it from growing unnoticed.
 const _: () = assert!(std::mem::size_of::<SessionEvent>() == 96);
 
 /// [`SessionEvent::id_tag`] of an id: any fast hash does, since tags never leave the process

@@ -31,6 +31,27 @@ pub enum IdKind {
     App = 2,
 }
 
+impl IdKind {
+    /// What precedes the value in a canonical key naming an identifier of this kind (a CRM id
+    /// is its own key).
+    fn canonical_prefix(self) -> &'static str {
+        match self {
+            IdKind::Customer => "",
+            IdKind::Msisdn => "m:",
+            IdKind::App => "a:",
+        }
+    }
+
+    /// What precedes the value in this kind's keys in the identity topic.
+    fn topic_prefix(self) -> &'static str {
+        match self {
+            IdKind::Customer => "c:",
+            IdKind::Msisdn => "m:",
+            IdKind::App => "a:",
+        }
+    }
+}
+
 /// An identifier as the graph stores it: kind and the text used for keys and canonical names
 /// (phone numbers already pseudonymised).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -44,21 +65,12 @@ pub struct Ident {
 impl Ident {
     /// The canonical key this identifier would give its component if it were chosen.
     pub fn canonical_key(&self) -> String {
-        match self.kind {
-            IdKind::Customer => self.value.clone(),
-            IdKind::Msisdn => prefixed("m:", &self.value),
-            IdKind::App => prefixed("a:", &self.value),
-        }
+        prefixed(self.kind.canonical_prefix(), &self.value)
     }
 
     /// The key of this identifier in the identity topic: `c:`, `m:` or `a:` + value.
     pub fn topic_key(&self) -> String {
-        let p = match self.kind {
-            IdKind::Customer => "c:",
-            IdKind::Msisdn => "m:",
-            IdKind::App => "a:",
-        };
-        prefixed(p, &self.value)
+        prefixed(self.kind.topic_prefix(), &self.value)
     }
 
     /// Parses a topic key.
@@ -233,11 +245,7 @@ impl Best {
 
     /// Writes the canonical key into `s` (replacing its content).
     fn canonical_key_into(&self, s: &mut String) {
-        let prefix = match self.kind {
-            IdKind::Customer => "",
-            IdKind::Msisdn => "m:",
-            IdKind::App => "a:",
-        };
+        let prefix = self.kind.canonical_prefix();
         s.clear();
         self.text.with_str(|v| {
             s.reserve(prefix.len() + v.len());
