@@ -62,6 +62,27 @@ fn topic_keys_round_trip() {
     }
 }
 
+#[test]
+fn a_phone_pseudonym_is_its_own_fingerprint_and_other_values_are_hashed() {
+    let hex = "00112233445566778899aabbccddeeff";
+    let want = Fingerprint([0x3322_1100, 0x7766_5544, 0xbbaa_9988, 0xffee_ddcc]);
+    assert_eq!(Fingerprint::of(&m(hex)), want);
+    // The same digits as another kind, in upper case, or one digit short are hashed, so they
+    // stay distinct identifiers.
+    for other in [c(hex), a(hex), m(&hex.to_uppercase()), m(&hex[1..]), m(&format!("{hex}0")), m("0011223344556677889gaabbccddeeff")] {
+        assert_ne!(Fingerprint::of(&other), want, "{other:?}");
+        assert_eq!(
+            pseudonym_bits(&other.value).is_some(),
+            other.value.len() == 32 && other.value.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        );
+    }
+    // In the graph: a phone and an app install with the same text are two identifiers.
+    let mut g = IdentityGraph::new();
+    g.observe(&[m(hex)]);
+    g.observe(&[a(hex)]);
+    assert_eq!(g.customers(), 2);
+}
+
 fn arb_ident() -> impl Strategy<Value = Ident> {
     // Short values, phone pseudonyms (32 hex digits) and long values: the three forms in which
     // the graph stores a component's best identifier.
