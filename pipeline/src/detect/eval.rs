@@ -635,3 +635,91 @@ pub fn evaluate(rules: &RuleSet, customer: &str, events: &[DetectEvent]) -> Vec<
     found.sort_by_key(|(t, ri, k, _)| (*t, *ri, *k));
     found.into_iter().map(|(_, _, _, f)| build_hit(rules, customer, &evs, &f, None, |m| m.ev.described())).collect()
 }
+
+#[cfg(test)]
+mod matcher_tests {
+    use super::{EventFields, Matcher, Predicate};
+    use journey_schemas::Channel;
+    use proptest::prelude::*;
+    use std::sync::Arc;
+
+    /// An event of the test's small value space.
+    #[derive(Debug)]
+    struct Ev {
+        channel: Channel,
+        event_type: String,
+        outcome: Option<String>,
+        topic: Option<String>,
+        attr: Option<String>,
+    }
+
+    impl EventFields for Ev {
+        fn channel(&self) -> Channel {
+            self.channel
+        }
+        fn event_type(&self) -> &str {
+            &self.event_type
+        }
+        fn outcome(&self) -> Option<&str> {
+            self.outcome.as_deref()
+        }
+        fn topic(&self) -> Option<&str> {
+            self.topic.as_deref()
+        }
+        fn line(&self) -> Option<&str> {
+            None
+        }
+        fn region(&self) -> Option<&str> {
+            None
+        }
+        fn attr(&self, key: &str) -> Option<&str> {
+            if key == "k" {
+                self.attr.as_deref()
+            } else {
+                None
+            }
+        }
+    }
+
+    /// Values `v0`..`v11`, some of different lengths sharing a prefix (`v1`, `v10`).
+    fn value() -> impl Strategy<Value = String> {
+        (0u8..12).prop_map(|i| format!("v{i}"))
+    }
+
+    fn values() -> impl Strategy<Value = Option<Vec<Arc<str>>>> {
+        proptest::option::of(proptest::collection::vec(value().prop_map(|v| Arc::from(v.as_str())), 1..12))
+    }
+
+    fn predicate() -> impl Strategy<Value = Predicate> {
+        (proptest::option::of(proptest::collection::vec(0usize..12, 1..3)), values(), values(), values(), values()).prop_map(
+            |(channels, event_type, outcome, topic, attr)| Predicate {
+                channel: channels.map(|cs| cs.into_iter().map(|i| Channel::ALL[i]).collect()),
+                event_type,
+                outcome,
+                topic,
+                line: None,
+                region: None,
+                attrs: attr.map(|vs| (Arc::from("k"), vs)).into_iter().collect(),
+            },
+        )
+    }
+
+    fn event() -> impl Strategy<Value = Ev> {
+        (0usize..12, value(), proptest::option::of(value()), proptest::option::of(value()), proptest::option::of(value()))
+            .prop_map(|(c, event_type, outcome, topic, attr)| Ev { channel: Channel::ALL[c], event_type, outcome, topic, attr })
+    }
+
+    proptest! {
+        #[test]
+        fn the_matcher_gives_what_the_predicates_give_one_by_one(
+            predicates in proptest::collection::vec(predicate(), 1..20),
+            events in proptest::collection::vec(event(), 1..20),
+        ) {
+            let m = Matcher::new(&predicates, &[Arc::from("k")]).expect("fewer than 64 predicates");
+            for e in &events {
+                let want = predicates.iter().enumerate().filter(|(_, p)| p.matches(e)).fold(0u64, |w, (i, _)| w | 1 << i);
+                prop_assert_eq!(m.bits(e), want, "{:?}", e);
+            }
+        }
+    }
+}
