@@ -638,56 +638,18 @@ pub fn evaluate(rules: &RuleSet, customer: &str, events: &[DetectEvent]) -> Vec<
 
 #[cfg(test)]
 mod matcher_tests {
-    use super::{EventFields, Matcher, Predicate};
+    use super::{DetectEvent, Matcher, Predicate};
     use journey_schemas::Channel;
     use proptest::prelude::*;
     use std::sync::Arc;
 
-    /// An event of the test's small value space.
-    #[derive(Debug)]
-    struct Ev {
-        channel: Channel,
-        event_type: String,
-        outcome: Option<String>,
-        topic: Option<String>,
-        attr: Option<String>,
-    }
-
-    impl EventFields for Ev {
-        fn channel(&self) -> Channel {
-            self.channel
-        }
-        fn event_type(&self) -> &str {
-            &self.event_type
-        }
-        fn outcome(&self) -> Option<&str> {
-            self.outcome.as_deref()
-        }
-        fn topic(&self) -> Option<&str> {
-            self.topic.as_deref()
-        }
-        fn line(&self) -> Option<&str> {
-            None
-        }
-        fn region(&self) -> Option<&str> {
-            None
-        }
-        fn attr(&self, key: &str) -> Option<&str> {
-            if key == "k" {
-                self.attr.as_deref()
-            } else {
-                None
-            }
-        }
-    }
-
     /// Values `v0`..`v11`, some of different lengths sharing a prefix (`v1`, `v10`).
-    fn value() -> impl Strategy<Value = String> {
-        (0u8..12).prop_map(|i| format!("v{i}"))
+    fn value() -> impl Strategy<Value = Arc<str>> {
+        (0u8..12).prop_map(|i| Arc::from(format!("v{i}").as_str()))
     }
 
     fn values() -> impl Strategy<Value = Option<Vec<Arc<str>>>> {
-        proptest::option::of(proptest::collection::vec(value().prop_map(|v| Arc::from(v.as_str())), 1..12))
+        proptest::option::of(proptest::collection::vec(value(), 1..12))
     }
 
     fn predicate() -> impl Strategy<Value = Predicate> {
@@ -704,9 +666,21 @@ mod matcher_tests {
         )
     }
 
-    fn event() -> impl Strategy<Value = Ev> {
-        (0usize..12, value(), proptest::option::of(value()), proptest::option::of(value()), proptest::option::of(value()))
-            .prop_map(|(c, event_type, outcome, topic, attr)| Ev { channel: Channel::ALL[c], event_type, outcome, topic, attr })
+    fn event() -> impl Strategy<Value = DetectEvent> {
+        (0usize..12, value(), proptest::option::of(value()), proptest::option::of(value()), proptest::option::of(value())).prop_map(
+            |(c, event_type, outcome, topic, attr)| DetectEvent {
+                time: 0,
+                id: Arc::from("e"),
+                channel: Channel::ALL[c],
+                event_type,
+                outcome,
+                topic,
+                line: None,
+                region: None,
+                agent_id: None,
+                attrs: attr.map(|v| (Arc::from("k"), v)).into_iter().collect(),
+            },
+        )
     }
 
     proptest! {
