@@ -132,7 +132,7 @@ impl Fingerprint {
     /// be, so hashing them again (a SHA-256 block for every phone of every event) adds nothing.
     fn of(id: &Ident) -> Fingerprint {
         if id.kind == IdKind::Msisdn {
-            if let Some(bits) = pseudonym_bits(&id.value) {
+            if let Some(bits) = lower_hex16(&id.value) {
                 return Fingerprint::from_bytes(&bits);
             }
         }
@@ -151,10 +151,10 @@ impl Fingerprint {
     }
 }
 
-/// The 16 bytes spelled by `value` if it is what the pseudonymiser writes (32 lower-case hex
-/// digits, [`crate::pii::push_hex16`]); anything else is fingerprinted by hashing. A table
-/// lookup per digit and one check at the end: a branch per digit cost as much as the hash.
-fn pseudonym_bits(value: &str) -> Option<[u8; 16]> {
+/// The 16 bytes spelled by `value` if it is 32 lower-case hex digits, as the pseudonymiser
+/// writes a phone ([`crate::pii::push_hex16`]). A table lookup per digit and one check at the
+/// end: a branch per digit cost as much as the SHA-256 block it saves in [`Fingerprint::of`].
+fn lower_hex16(value: &str) -> Option<[u8; 16]> {
     const BAD: u8 = 0x10;
     const DIGIT: [u8; 256] = {
         let mut t = [BAD; 256];
@@ -229,13 +229,8 @@ impl Text {
             bytes[..b.len()].copy_from_slice(b);
             return Text::Inline { len: b.len() as u8, bytes };
         }
-        if b.len() == 32 && b.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
-            let nibble = |c: u8| if c <= b'9' { c - b'0' } else { c - b'a' + 10 };
-            let mut out = [0u8; 16];
-            for (o, pair) in out.iter_mut().zip(b.chunks_exact(2)) {
-                *o = (nibble(pair[0]) << 4) | nibble(pair[1]);
-            }
-            return Text::Hex16(out);
+        if let Some(bytes) = lower_hex16(s) {
+            return Text::Hex16(bytes);
         }
         Text::Heap(s.into())
     }
