@@ -6,6 +6,9 @@
 //! "Down" is real: the process talks to ClickHouse through a TCP relay owned by this test,
 //! which, while down, cuts every open connection and refuses new ones.
 
+// An unexpected error should fail the test where it happens.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use journey_connectors::generator::{Disorder, Generated, Generator, GeneratorConfig};

@@ -3,6 +3,9 @@
 //! (nothing lost, nothing duplicated, by session id and version). And the order of writes
 //! that makes this hold for identity merges.
 
+// An unexpected error should fail the test where it happens.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::time::Duration;

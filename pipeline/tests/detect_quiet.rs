@@ -3,6 +3,9 @@
 //! sessions; a follower that comes later still cancels the hit, and later triggers wait for
 //! event time as usual.
 
+// An unexpected error should fail the test where it happens.
+#![allow(clippy::unwrap_used)]
+
 use journey_pipeline::detect::{DetectEvent, DetectedHit, Detector, NoSessions, RuleSet};
 use journey_schemas::{Channel, ChannelEvent};
 use std::sync::Arc;

@@ -9,6 +9,9 @@
 //! detector that keeps every matching event and as one beside the sessionizer, which finds
 //! the earlier steps of short rules among the sessionizer's events.
 
+// An unexpected error should fail the test where it happens.
+#![allow(clippy::unwrap_used)]
+
 use journey_pipeline::detect::{decode_snapshot, encode_snapshot, evaluate, hit_id, DetectEvent, DetectedHit, Detector, RuleSet};
 use journey_pipeline::sessionize::{batch_sessions, SessionEvent, SessionParams, Sessionizer};
 use journey_schemas::{Channel, ChannelEvent};

@@ -3,6 +3,9 @@
 //! ClickHouse exactly once, sessions must exist, and a malformed record must reach the DLQ
 //! with its reason.
 
+// An unexpected error should fail the test where it happens.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use journey_connectors::generator::{Generated, Generator, GeneratorConfig};
@@ -81,7 +84,7 @@ async fn skeleton_on(brokers: String) {
         assert_eq!(d.headers.get(dlq::HEADER_STAGE).map(String::as_str), Some("process"));
     }
     let payloads: BTreeSet<Vec<u8>> = dead.into_iter().map(|d| d.payload).collect();
-    assert!(payloads.contains(&b"{\"not\": \"avro\"}".to_vec()), "the original payload is kept: {payloads:?}");
+    assert!(payloads.iter().any(|p| p == b"{\"not\": \"avro\"}"), "the original payload is kept: {payloads:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

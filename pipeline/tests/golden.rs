@@ -11,6 +11,9 @@
 //! and no session store (hits carry no session id). Both the streaming detector (then
 //! flushed) and the batch `evaluate` must produce exactly `expected.jsonl`.
 
+// An unexpected error should fail the test where it happens.
+#![allow(clippy::unwrap_used)]
+
 use journey_pipeline::detect::{evaluate, DetectEvent, DetectedHit, Detector, NoSessions, RuleSet};
 use journey_schemas::ChannelEvent;
 use serde::{Deserialize, Serialize};

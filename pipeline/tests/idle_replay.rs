@@ -7,6 +7,9 @@
 //! The processor runs alone here (no stitch stage, so no upstream watermarks): only the idle
 //! close can finish the sessions.
 
+// An unexpected error should fail the test where it happens.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use journey_connectors::topics::create_topics;

@@ -1,6 +1,9 @@
 //! `/metrics` of HTTP ingest, through the process-wide Prometheus recorder: accepted events
 //! per source, rejections by reason, and the request latency histogram.
 
+// An unexpected error should fail the test where it happens.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use journey_connectors::http_ingest::{publisher_for, serve, Ingest, IngestConfig, SourceConfig};

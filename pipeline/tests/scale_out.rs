@@ -1,6 +1,9 @@
 //! Scale-out: two `journey process` instances in one group split the partitions; stopping one
 //! (SIGTERM) hands its partitions and their state to the other, and nothing is lost.
 
+// An unexpected error should fail the test where it happens.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::time::Duration;

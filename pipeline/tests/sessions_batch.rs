@@ -4,6 +4,9 @@
 //! the batch functions over all events at once, with the batch identity graph, and every
 //! event must be in `events` once under its canonical customer.
 
+// An unexpected error should fail the test where it happens.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use journey_connectors::generator::{Disorder, GeneratorConfig};

@@ -4,6 +4,9 @@
 //! sink retries until the server is back; rows re-sent after a lost acknowledgement collapse
 //! by key), and an insert into a database that does not exist yet waits for it.
 
+// An unexpected error should fail the test where it happens.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use journey_pipeline::sink::clickhouse::{Backoff, ClickHouseSink};

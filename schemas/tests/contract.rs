@@ -1,6 +1,9 @@
 //! The Rust types agree with the `.avsc` files, the fast codec agrees with `apache-avro`,
 //! and records written with an earlier schema version still decode.
 
+// An unexpected error should fail the test where it happens.
+#![allow(clippy::unwrap_used)]
+
 use apache_avro::types::Value;
 use apache_avro::Schema;
 use journey_schemas::registry::RecordKind;

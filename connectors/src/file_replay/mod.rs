@@ -216,7 +216,7 @@ pub fn replay(
         let reader = open(path).map_err(|e| anyhow::anyhow!("cannot open {name}: {e}"))?;
         let reader: Box<dyn Read> = match &run.bar {
             // Progress follows the compressed bytes read, which is what the file size counts.
-            Some(bar) if !path.extension().is_some_and(|e| e == "gz") => Box::new(bar.wrap_read(reader)),
+            Some(bar) if path.extension().is_none_or(|e| e != "gz") => Box::new(bar.wrap_read(reader)),
             _ => reader,
         };
         if is_csv(path) {

@@ -147,7 +147,8 @@ impl GeneratorConfig {
         if self.regions.is_empty() {
             errors.push("generator.regions: must not be empty".into());
         }
-        if !(self.journeys_per_customer_day > 0.0) {
+        // NaN fails this too.
+        if self.journeys_per_customer_day.is_nan() || self.journeys_per_customer_day <= 0.0 {
             errors.push(format!("generator.journeys_per_customer_day: {} must be positive", self.journeys_per_customer_day));
         }
         share(errors, "anonymous_app_share", self.anonymous_app_share);
@@ -177,7 +178,7 @@ impl GeneratorConfig {
             if !self.regions.contains(&i.region) {
                 errors.push(format!("generator.incident.region: {:?} is not in generator.regions", i.region));
             }
-            if !(i.multiplier >= 0.0) {
+            if i.multiplier.is_nan() || i.multiplier < 0.0 {
                 errors.push(format!("generator.incident.multiplier: {} must be non-negative", i.multiplier));
             }
         }

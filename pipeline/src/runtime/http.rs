@@ -13,7 +13,7 @@ pub fn metrics_handle() -> PrometheusHandle {
         .get_or_init(|| {
             PrometheusBuilder::new()
                 .set_buckets(&[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0])
-                .and_then(|b| b.install_recorder().map_err(Into::into))
+                .and_then(|b| b.install_recorder())
                 .unwrap_or_else(|e| {
                     tracing::warn!(error = %e, "metrics recorder not installed");
                     PrometheusBuilder::new().build_recorder().handle()

@@ -71,9 +71,12 @@ pub struct ProcessSummary {
     pub reattributed: u64,
 }
 
+/// One rebalance event: assigned (true) or revoked (false), and the partitions.
+pub type RebalanceEvent = (bool, Vec<i32>);
+
 /// Records partition assignment changes seen during polls.
 #[derive(Default, Clone)]
-pub struct RebalanceLog(Arc<Mutex<Vec<(bool, Vec<i32>)>>>);
+pub struct RebalanceLog(Arc<Mutex<Vec<RebalanceEvent>>>);
 
 impl ClientContext for RebalanceLog {}
 

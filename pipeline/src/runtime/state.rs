@@ -206,6 +206,60 @@ pub fn fold(codec: &Codec, records: impl IntoIterator<Item = (String, Option<Vec
     Ok(out)
 }
 
+/// Reads partition `partition` of the changelog up to a marker written just before, and folds
+/// it into the latest state. Blocking (call it off the async runtime's hot path).
+pub fn restore(
+    cfg: &crate::config::Config,
+    codec: &Codec,
+    producer: &rdkafka::producer::FutureProducer,
+    partition: i32,
+) -> Result<Restored, crate::Error> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    use rdkafka::producer::FutureRecord;
+    use rdkafka::{Offset, TopicPartitionList};
+    use std::time::{Duration, Instant};
+
+    let topic = &cfg.topics.state;
+    let marker = format!("{}-{}-{}", std::process::id(), partition, journey_connectors::now_ms());
+    let fut = producer
+        .send_result(FutureRecord::to(topic).partition(partition).key(MARKER_KEY.as_bytes()).payload(marker.as_bytes()))
+        .map_err(|(e, _)| crate::Error::Kafka(e))?;
+    match futures::executor::block_on(fut) {
+        Ok(Ok(_)) => {}
+        Ok(Err((e, _))) => return Err(crate::Error::Kafka(e)),
+        Err(_) => return Err(crate::Error::Kafka(rdkafka::error::KafkaError::Canceled)),
+    }
+    let consumer: BaseConsumer = cfg
+        .kafka
+        .client_config()
+        .set("group.id", format!("{}-restore", cfg.process.group_id))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Beginning)?;
+    consumer.assign(&tpl)?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut records = Vec::new();
+    loop {
+        if Instant::now() > deadline {
+            return Err(crate::Error::Restore(format!("marker not seen on {topic}/{partition} within 120s")));
+        }
+        let Some(m) = consumer.poll(Duration::from_millis(200)) else { continue };
+        let m = m?;
+        let key = String::from_utf8_lossy(m.key().unwrap_or_default()).to_string();
+        if key == MARKER_KEY {
+            if m.payload() == Some(marker.as_bytes()) {
+                break;
+            }
+            continue;
+        }
+        records.push((key, m.payload().map(<[u8]>::to_vec)));
+    }
+    fold(codec, records).map_err(crate::Error::Contract)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,58 +321,4 @@ mod tests {
         assert_eq!(r.forwards["a:x"], ("C1".to_string(), 100));
         assert_eq!(r.meta, meta);
     }
-}
-
-/// Reads partition `partition` of the changelog up to a marker written just before, and folds
-/// it into the latest state. Blocking (call it off the async runtime's hot path).
-pub fn restore(
-    cfg: &crate::config::Config,
-    codec: &Codec,
-    producer: &rdkafka::producer::FutureProducer,
-    partition: i32,
-) -> Result<Restored, crate::Error> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::message::Message;
-    use rdkafka::producer::FutureRecord;
-    use rdkafka::{Offset, TopicPartitionList};
-    use std::time::{Duration, Instant};
-
-    let topic = &cfg.topics.state;
-    let marker = format!("{}-{}-{}", std::process::id(), partition, journey_connectors::now_ms());
-    let fut = producer
-        .send_result(FutureRecord::to(topic).partition(partition).key(MARKER_KEY.as_bytes()).payload(marker.as_bytes()))
-        .map_err(|(e, _)| crate::Error::Kafka(e))?;
-    match futures::executor::block_on(fut) {
-        Ok(Ok(_)) => {}
-        Ok(Err((e, _))) => return Err(crate::Error::Kafka(e)),
-        Err(_) => return Err(crate::Error::Kafka(rdkafka::error::KafkaError::Canceled)),
-    }
-    let consumer: BaseConsumer = cfg
-        .kafka
-        .client_config()
-        .set("group.id", format!("{}-restore", cfg.process.group_id))
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .create()?;
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, partition, Offset::Beginning)?;
-    consumer.assign(&tpl)?;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut records = Vec::new();
-    loop {
-        if Instant::now() > deadline {
-            return Err(crate::Error::Restore(format!("marker not seen on {topic}/{partition} within 120s")));
-        }
-        let Some(m) = consumer.poll(Duration::from_millis(200)) else { continue };
-        let m = m?;
-        let key = String::from_utf8_lossy(m.key().unwrap_or_default()).to_string();
-        if key == MARKER_KEY {
-            if m.payload() == Some(marker.as_bytes()) {
-                break;
-            }
-            continue;
-        }
-        records.push((key, m.payload().map(<[u8]>::to_vec)));
-    }
-    fold(codec, records).map_err(crate::Error::Contract)
 }

@@ -10,9 +10,8 @@ use std::time::Duration;
 
 /// A config for one test: own topics on `brokers`, own database, short timeouts.
 pub fn test_config(brokers: &str) -> Config {
-    let mut cfg = Config::default();
-    cfg.kafka = KafkaConfig::with_brokers(brokers);
     let id = unique("t");
+    let mut cfg = Config { kafka: KafkaConfig::with_brokers(brokers), ..Config::default() };
     cfg.topics = journey_connectors::TopicsConfig::with_prefix(&format!("{id}."));
     cfg.topics.partitions = 3;
     cfg.clickhouse = ClickHouseConfig { url: clickhouse_url(), database: id.clone(), ..ClickHouseConfig::default() };
