@@ -2,7 +2,7 @@
 # The whole test suite in one command: installs and starts local infrastructure (two Kafka
 # implementations, the modern ClickHouse engine and a real old clickhouse-server), runs every
 # Rust and Python test against them, and stops what it started. A test that needs a server
-# never skips: an unreachable server fails it.
+# never skips: an unreachable server fails it. Unformatted code and clippy warnings fail it too.
 #
 #   scripts/test.sh [extra cargo-nextest arguments]
 set -euo pipefail
@@ -27,6 +27,10 @@ export JOURNEY_TEST_CLICKHOUSE="$JOURNEY_CLICKHOUSE_URL"
 export JOURNEY_TEST_CH18="$JOURNEY_CH18_URL"
 
 status=0
+# Formatting and lints first: cheap, and a warning fails the suite like a test does.
+log "lints (cargo fmt --check, cargo clippy -D warnings)"
+cargo fmt --all --check || status=$?
+cargo clippy --workspace --all-targets -- -D warnings || status=$?
 log "rust tests (cargo nextest)"
 cargo nextest run --workspace --no-fail-fast "$@" || status=$?
 log "python tests (pytest)"
