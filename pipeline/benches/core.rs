@@ -13,7 +13,9 @@
 //! their median: a figure of the detector's overhead that the drift of a shared machine between
 //! processes and minutes disturbs much less than two separately timed groups; `ONCE=all` or
 //! `ONCE=all_with_detect` runs one pass of that group in the function `once`, prints its wall
-//! time and totals and exits, so that perf or callgrind can count just the pass.
+//! time and totals and exits, so that perf or callgrind can count just the pass (`REPEAT=N`
+//! runs N such passes, each state dropped before the next, so that a profile sees the
+//! allocator's reused memory as criterion's iterations do, not only a first pass's fresh pages).
 //!
 //! Groups: `core/all` is the whole path, one event after another, as the runtime runs it;
 //! `core/decode`, `core/stitch`, `core/sessionize` and `core/encode` time each stage alone on
@@ -275,9 +277,14 @@ fn core(c: &mut Criterion<clock::Clock>) {
             "all_with_detect" => Some(&rules),
             other => panic!("ONCE={other}: expected all or all_with_detect"),
         };
-        let started = std::time::Instant::now();
-        let core = once(&codec, &records, with);
-        println!("one pass of core/{which}: {:.3} s wall, {:?}", started.elapsed().as_secs_f64(), core.t);
+        // REPEAT passes in one process, each state dropped before the next, as criterion drops
+        // it between iterations: a profile then sees the allocator's reused memory, not only
+        // the fresh pages of a first pass.
+        for _ in 0..env_or("REPEAT", 1) {
+            let started = std::time::Instant::now();
+            let core = once(&codec, &records, with);
+            println!("one pass of core/{which}: {:.3} s wall, {:?}", started.elapsed().as_secs_f64(), core.t);
+        }
         std::process::exit(0);
     }
     if let Some(pairs) = std::env::var("PAIRS").ok().and_then(|s| s.parse::<usize>().ok()) {
