@@ -329,7 +329,7 @@ async fn backtest(cfg: &Config, args: BacktestArgs) -> anyhow::Result<()> {
         use std::io::Write;
         let mut w = std::io::BufWriter::new(std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?);
         for h in &report.hits {
-            serde_json::to_writer(&mut w, &h.hit)?;
+            serde_json::to_writer(&mut w, &*h.hit)?;
             w.write_all(b"\n")?;
         }
         w.flush()?;

@@ -693,7 +693,9 @@ impl Detector {
                     }
                     let Some(matched) = hit_at(&rules, ri, &steps, k) else { continue };
                     let mut hit = build_hit(&rules, c.key.as_str(), &steps, &Found { rule: ri, matched }, None, |s| s.described());
-                    hit.hit.session_id = session_for(c, &hit, st.time(), st.id(), None);
+                    let session = session_for(c, &hit, st.time(), st.id(), None);
+                    // A fresh record, not shared yet: no copy.
+                    Arc::make_mut(&mut hit.hit).session_id = session;
                     computed.push((st.time(), ri, k, st.time(), hit));
                 }
                 continue;
@@ -713,7 +715,8 @@ impl Detector {
                 }
                 let f = Found { rule: ri, matched };
                 let mut hit = build_hit(&rules, c.key.as_str(), evs, &f, None, describe(symbols));
-                hit.hit.session_id = session_for(c, &hit, ev.time, ev.id.as_str(), old_hint);
+                let session = session_for(c, &hit, ev.time, ev.id.as_str(), old_hint);
+                Arc::make_mut(&mut hit.hit).session_id = session;
                 computed.push((det, ri, k, ev.time, hit));
             }
         }
@@ -726,10 +729,12 @@ impl Detector {
         }
         let mut retracted = Vec::new();
         for e in c.emitted.0.iter_mut() {
-            let h = &mut e.hit.hit;
+            let h = &e.hit.hit;
             let Some(ri) = u32::try_from(h.rule_version).ok().and_then(|v| rules.position(&h.rule, v)) else { continue };
             let changeable_from = if served.rules[ri] { lo_served } else { lo };
             if !h.retracted && h.event_time >= changeable_from && !live.contains(&h.hit_id) {
+                // Copied only if an output still holds the record as it was.
+                let h = Arc::make_mut(&mut e.hit.hit);
                 h.version = (h.version + 1).max(floor);
                 h.retracted = true;
                 retracted.push(e.hit.clone());
@@ -748,12 +753,13 @@ impl Detector {
         let c = &mut self.customers[idx];
         let mut reemit = Vec::new();
         for e in c.emitted.0.iter_mut() {
-            let h = &mut e.hit.hit;
+            let h = &e.hit.hit;
             if h.retracted || h.event_time < lo {
                 continue;
             }
             if let Some(s) = sessions.session_of(c.key.as_str(), e.trigger_time, &h.trigger_event_id) {
                 if h.session_id.as_deref() != Some(s.as_str()) {
+                    let h = Arc::make_mut(&mut e.hit.hit);
                     h.session_id = Some(s);
                     h.version = (h.version + 1).max(floor);
                     reemit.push(e.hit.clone());
@@ -832,8 +838,9 @@ impl Detector {
             self.customers[idx].emitted.0.iter().filter(|e| !e.hit.hit.retracted).map(|e| e.hit.clone()).collect();
         retracted.sort_by(|a, b| emission_order(a).cmp(&emission_order(b)));
         for mut r in retracted {
-            r.hit.version = (r.hit.version + 1).max(floor);
-            r.hit.retracted = true;
+            let h = Arc::make_mut(&mut r.hit);
+            h.version = (h.version + 1).max(floor);
+            h.retracted = true;
             out.push(r);
         }
         self.release(idx);
@@ -1085,8 +1092,8 @@ impl Emitted {
 fn put(emitted: &mut Emitted, floor: i64, mut hit: DetectedHit, trigger_time: i64, out: &mut Vec<DetectedHit>) {
     match emitted.get(&hit.hit.hit_id) {
         Some(prev) if !prev.hit.hit.retracted && same_content(&prev.hit, &hit) => return,
-        Some(prev) => hit.hit.version = (prev.hit.hit.version + 1).max(floor),
-        None => hit.hit.version = floor,
+        Some(prev) => Arc::make_mut(&mut hit.hit).version = (prev.hit.hit.version + 1).max(floor),
+        None => Arc::make_mut(&mut hit.hit).version = floor,
     }
     out.push(hit.clone());
     emitted.insert(EmittedHit { hit, trigger_time });

@@ -586,7 +586,7 @@ pub(crate) fn build_hit<'a, E: View>(
         }
     }
     DetectedHit {
-        hit: ScenarioHit {
+        hit: Arc::new(ScenarioHit {
             hit_id: hit_id(&rule.name, rule.version, customer, trigger.id),
             rule: rule.name.clone(),
             rule_version: i32::try_from(rule.version).unwrap_or(i32::MAX),
@@ -600,7 +600,7 @@ pub(crate) fn build_hit<'a, E: View>(
             severity: rule.severity.as_str().to_string(),
             version: 0,
             retracted: false,
-        },
+        }),
         channel: trigger.channel,
         region: trigger.region.map(str::to_string),
     }

@@ -36,13 +36,15 @@ pub use rules::{Predicate, Rule, RuleErrors, RuleKind, RuleSet, SameField, Sever
 pub use snapshot::{decode_snapshot, encode_snapshot};
 
 use journey_schemas::{Channel, ScenarioHit};
+use std::sync::Arc;
 
 /// A hit as the detector emits it: the record, plus the trigger event's channel and region
 /// (the analytics table groups by them).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DetectedHit {
-    /// The hit record.
-    pub hit: ScenarioHit,
+    /// The hit record, shared with the detector's record of its last emission (so emitting
+    /// a hit, and keeping it to compare with later, costs a reference count, not a copy).
+    pub hit: Arc<ScenarioHit>,
     /// Channel of the trigger (last matched) event.
     pub channel: Channel,
     /// Region of the trigger event.

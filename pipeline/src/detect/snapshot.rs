@@ -233,7 +233,7 @@ pub fn decode_snapshot(b: &[u8]) -> Result<DetectSnapshot, String> {
         let channel = r.channel()?;
         let region = r.opt()?.map(str::to_string);
         let trigger_time = r.i64()?;
-        emitted.push(EmittedHit { hit: DetectedHit { hit, channel, region }, trigger_time });
+        emitted.push(EmittedHit { hit: DetectedHit { hit: Arc::new(hit), channel, region }, trigger_time });
     }
     if r.at != b.len() {
         return Err(format!("{} trailing bytes", b.len() - r.at));

@@ -734,7 +734,7 @@ fn arb_hit() -> impl Strategy<Value = EmittedHit> {
                 (ch, region, trigger_time),
             )| EmittedHit {
                 hit: DetectedHit {
-                    hit: journey_schemas::ScenarioHit {
+                    hit: Arc::new(journey_schemas::ScenarioHit {
                         hit_id,
                         rule,
                         rule_version,
@@ -748,7 +748,7 @@ fn arb_hit() -> impl Strategy<Value = EmittedHit> {
                         severity,
                         version,
                         retracted,
-                    },
+                    }),
                     channel: Channel::ALL[ch],
                     region,
                 },

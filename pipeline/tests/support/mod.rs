@@ -129,7 +129,7 @@ pub fn expected(cfg: &Config, events: &[ChannelEvent]) -> Outcome {
             }
         }
         for h in evaluate(&rules, c, &detect_events[c]) {
-            let h = h.hit;
+            let h = std::sync::Arc::unwrap_or_clone(h.hit);
             out.hits.insert(HitKey {
                 session_id: session_of.get(h.trigger_event_id.as_str()).cloned().unwrap_or_default(),
                 hit_id: h.hit_id,
