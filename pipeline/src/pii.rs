@@ -30,12 +30,20 @@ pub fn hex16(bytes: &[u8; 16]) -> String {
 
 /// Appends the lower-case hex of 16 bytes to `s`.
 pub fn push_hex16(bytes: &[u8; 16], s: &mut String) {
+    with_hex16(bytes, |hex| s.push_str(hex));
+}
+
+/// Calls `f` with the lower-case hex of 16 bytes, spelled out on the stack (one copy into the
+/// caller's string instead of a push per digit).
+pub fn with_hex16<R>(bytes: &[u8; 16], f: impl FnOnce(&str) -> R) -> R {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    s.reserve(32);
-    for &b in bytes {
-        s.push(DIGITS[usize::from(b >> 4)] as char);
-        s.push(DIGITS[usize::from(b & 0xf)] as char);
+    let mut buf = [0u8; 32];
+    for (i, &b) in bytes.iter().enumerate() {
+        buf[2 * i] = DIGITS[usize::from(b >> 4)];
+        buf[2 * i + 1] = DIGITS[usize::from(b & 0xf)];
     }
+    // Hex digits are ASCII, so this never falls back to the empty string.
+    f(std::str::from_utf8(&buf).unwrap_or_default())
 }
 
 impl Pseudonymizer {

@@ -67,20 +67,20 @@ pub fn hit_id(rule: &str, version: u32, customer: &str, trigger_event_id: &str) 
             break;
         }
     }
-    let parts: [&[u8]; 7] = [rule.as_bytes(), b"/", &digits[at..], &[0xff], customer.as_bytes(), b"/", trigger_event_id.as_bytes()];
-    let mut id = String::with_capacity(32);
-    for salt in [0u8, 1] {
-        // The same arithmetic as `fnv1a`, fed piece by piece.
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ u64::from(salt).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        for &byte in parts.iter().flat_map(|p| p.iter()) {
-            h ^= u64::from(byte);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        for shift in (0..16).rev() {
-            id.push(char::from(b"0123456789abcdef"[((h >> (shift * 4)) & 0xf) as usize]));
-        }
-    }
-    id
+    // The same arithmetic as `fnv1a` with salts 0 and 1, fed piece by piece.
+    let (h0, h1) = crate::sessionize::fnv1a_pair([
+        rule.as_bytes(),
+        b"/",
+        &digits[at..],
+        &[0xff],
+        customer.as_bytes(),
+        b"/",
+        trigger_event_id.as_bytes(),
+    ]);
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&h0.to_be_bytes());
+    bytes[8..].copy_from_slice(&h1.to_be_bytes());
+    crate::pii::hex16(&bytes)
 }
 
 #[cfg(test)]

@@ -165,10 +165,18 @@ pub fn session_id(customer: &str, first_event_id: &str) -> String {
 /// The two hashes a session id spells out: `(fnv1a(.., 0), fnv1a(.., 1))` in one pass. The
 /// sessionizer compares these instead of the text, which it builds only to emit.
 pub fn session_hash(customer: &str, first_event_id: &str) -> (u64, u64) {
+    fnv1a_pair([customer.as_bytes(), &[0xff], first_event_id.as_bytes()])
+}
+
+/// FNV-1a with salts 0 and 1 over the concatenation of `parts`, both in one pass. A plain loop
+/// per part: a chained iterator checks which part it is in at every byte.
+pub(crate) fn fnv1a_pair<const N: usize>(parts: [&[u8]; N]) -> (u64, u64) {
     let (mut h0, mut h1) = (fnv1a_seed(0), fnv1a_seed(1));
-    for &byte in customer.as_bytes().iter().chain(&[0xff]).chain(first_event_id.as_bytes()) {
-        h0 = (h0 ^ u64::from(byte)).wrapping_mul(FNV_PRIME);
-        h1 = (h1 ^ u64::from(byte)).wrapping_mul(FNV_PRIME);
+    for part in parts {
+        for &byte in part {
+            h0 = (h0 ^ u64::from(byte)).wrapping_mul(FNV_PRIME);
+            h1 = (h1 ^ u64::from(byte)).wrapping_mul(FNV_PRIME);
+        }
     }
     (h0, h1)
 }

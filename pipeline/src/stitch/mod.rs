@@ -239,15 +239,7 @@ impl Text {
     fn with_str<R>(&self, f: impl FnOnce(&str) -> R) -> R {
         match self {
             Text::Inline { len, bytes } => f(std::str::from_utf8(&bytes[..usize::from(*len)]).expect("inline text is a copied str")),
-            Text::Hex16(d) => {
-                const DIGITS: &[u8; 16] = b"0123456789abcdef";
-                let mut buf = [0u8; 32];
-                for (i, &b) in d.iter().enumerate() {
-                    buf[2 * i] = DIGITS[usize::from(b >> 4)];
-                    buf[2 * i + 1] = DIGITS[usize::from(b & 0xf)];
-                }
-                f(std::str::from_utf8(&buf).expect("hex digits are ASCII"))
-            }
+            Text::Hex16(d) => crate::pii::with_hex16(d, f),
             Text::Heap(s) => f(s),
         }
     }
