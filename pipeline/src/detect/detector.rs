@@ -44,6 +44,47 @@ pub trait SessionLookup {
     fn session_events(&self, _customer: &str) -> Option<(&[SessionEvent], i64)> {
         None
     }
+
+    /// [`SessionLookup::session_of`] in the form the detector keeps for an open absence
+    /// trigger (the default reads the id and parses it).
+    fn session_ref_of(&self, customer: &str, time: i64, event_id: &str) -> Option<SessionRef> {
+        self.session_of(customer, time, event_id).map(|s| SessionRef::from_text(&s))
+    }
+}
+
+/// A session id as the detector keeps it for an open absence trigger, whose session it looks
+/// up when the trigger arrives (the session store may forget it before the window closes):
+/// the two hashes a sessionizer's id spells out, so that a trigger costs no text, or any other
+/// id as it is. Each id has one form ([`SessionRef::from_text`]), so equal ids compare equal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionRef {
+    /// The id [`crate::sessionize::session_id_text`] spells from these hashes.
+    Hashed(u64, u64),
+    /// An id that is not 32 lower-case hex digits.
+    Text(Box<str>),
+}
+
+impl SessionRef {
+    /// The form of `id`: its hashes when it is 32 lower-case hex digits, else the text.
+    pub fn from_text(id: &str) -> SessionRef {
+        match crate::stitch::lower_hex16(id) {
+            Some(b) => {
+                let (mut h0, mut h1) = ([0u8; 8], [0u8; 8]);
+                h0.copy_from_slice(&b[..8]);
+                h1.copy_from_slice(&b[8..]);
+                SessionRef::Hashed(u64::from_be_bytes(h0), u64::from_be_bytes(h1))
+            }
+            None => SessionRef::Text(id.into()),
+        }
+    }
+
+    /// The session id.
+    pub fn text(&self) -> String {
+        match self {
+            SessionRef::Hashed(h0, h1) => crate::sessionize::session_id_text((*h0, *h1)),
+            SessionRef::Text(s) => s.to_string(),
+        }
+    }
 }
 
 /// A lookup that knows no session (hits carry `session_id = None`).
@@ -63,6 +104,10 @@ impl SessionLookup for Sessionizer {
 
     fn session_events(&self, customer: &str) -> Option<(&[SessionEvent], i64)> {
         Some((self.events_of(customer), self.watermark()))
+    }
+
+    fn session_ref_of(&self, customer: &str, time: i64, event_id: &str) -> Option<SessionRef> {
+        self.session_hash_of(customer, time, event_id).map(|(h0, h1)| SessionRef::Hashed(h0, h1))
     }
 }
 
@@ -111,7 +156,7 @@ struct Pending {
     rule: usize,
     time: i64,
     id: InlineStr,
-    session: Option<String>,
+    session: Option<SessionRef>,
 }
 
 /// One customer's slot: one cache line (its vectors are one pointer each, and an empty one
@@ -319,7 +364,7 @@ impl Detector {
             .map(|c| {
                 c.events.capacity() * size_of::<Kept>()
                     + c.pending.capacity() * size_of::<Pending>()
-                    + c.pending.iter().map(|p| text(&p.session)).sum::<usize>()
+                    + c.pending.iter().map(|p| if let Some(SessionRef::Text(s)) = &p.session { s.len() } else { 0 }).sum::<usize>()
                     + c.emitted.0.capacity() * size_of::<EmittedHit>()
                     + c.emitted.0.iter().map(|e| hit_text(&e.hit)).sum::<usize>()
             })
@@ -563,7 +608,7 @@ impl Detector {
             }
             if let Shape::Absence { .. } = r.shape {
                 let deadline = ev.time.saturating_add(r.within_ms);
-                let session = sessions.session_of(c.key.as_str(), ev.time, ev.id.as_str());
+                let session = sessions.session_ref_of(c.key.as_str(), ev.time, ev.id.as_str());
                 if c.pending.capacity() == 0 {
                     c.pending.reserve_exact(1);
                 }
@@ -709,13 +754,13 @@ impl Detector {
                 let det = detection_time(&rules, ri, ev.time);
                 let old_hint = c.pending.iter().find(|p| p.rule == ri && p.id == ev.id).and_then(|p| p.session.clone());
                 if matches!(r.shape, Shape::Absence { .. }) && det >= wm && ev.time > idle {
-                    let session = sessions.session_of(c.key.as_str(), ev.time, ev.id.as_str()).or(old_hint);
+                    let session = sessions.session_ref_of(c.key.as_str(), ev.time, ev.id.as_str()).or(old_hint);
                     pending.push(Pending { deadline: det, rule: ri, time: ev.time, id: ev.id.clone(), session });
                     continue;
                 }
                 let f = Found { rule: ri, matched };
                 let mut hit = build_hit(&rules, c.key.as_str(), evs, &f, None, describe(symbols));
-                let session = session_for(c, &hit, ev.time, ev.id.as_str(), old_hint);
+                let session = session_for(c, &hit, ev.time, ev.id.as_str(), old_hint.as_ref().map(SessionRef::text));
                 Arc::make_mut(&mut hit.hit).session_id = session;
                 computed.push((det, ri, k, ev.time, hit));
             }
@@ -770,8 +815,8 @@ impl Detector {
         reemit.sort_by(|a, b| emission_order(a).cmp(&emission_order(b)));
         out.extend(reemit);
         for p in &mut c.pending {
-            if let Some(s) = sessions.session_of(c.key.as_str(), p.time, p.id.as_str()) {
-                changed |= p.session.as_deref() != Some(s.as_str());
+            if let Some(s) = sessions.session_ref_of(c.key.as_str(), p.time, p.id.as_str()) {
+                changed |= p.session.as_ref() != Some(&s);
                 p.session = Some(s);
             }
         }
@@ -820,7 +865,8 @@ impl Detector {
                 let r = &rules.compiled[p.rule];
                 let Shape::Absence { followed_by, .. } = r.shape else { continue };
                 if absence_open(r, followed_by, &c.events, t) {
-                    let session = sessions.session_of(c.key.as_str(), p.time, p.id.as_str()).or(p.session);
+                    let session =
+                        sessions.session_of(c.key.as_str(), p.time, p.id.as_str()).or_else(|| p.session.as_ref().map(SessionRef::text));
                     let found = Found { rule: p.rule, matched: vec![t] };
                     let hit = build_hit(&rules, c.key.as_str(), &c.events, &found, session, describe(symbols));
                     put(&mut c.emitted, floor, hit, p.time, out);
@@ -916,7 +962,7 @@ impl Detector {
                         rule_version: r.version,
                         trigger_time: p.time,
                         trigger_id: p.id.as_str().to_string(),
-                        session_hint: p.session.clone(),
+                        session_hint: p.session.as_ref().map(SessionRef::text),
                     }
                 })
                 .collect(),
@@ -965,7 +1011,7 @@ impl Detector {
                     rule: ri,
                     time: p.trigger_time,
                     id: InlineStr::new(&p.trigger_id),
-                    session: p.session_hint,
+                    session: p.session_hint.as_deref().map(SessionRef::from_text),
                 })
             })
             .collect();

@@ -30,7 +30,7 @@ mod served;
 mod snapshot;
 mod stored;
 
-pub use detector::{DetectSnapshot, Detector, EmittedHit, NoSessions, PendingAbsence, SessionLookup};
+pub use detector::{DetectSnapshot, Detector, EmittedHit, NoSessions, PendingAbsence, SessionLookup, SessionRef};
 pub use eval::{evaluate, intern, DetectEvent, EventFields};
 pub use rules::{Predicate, Rule, RuleErrors, RuleKind, RuleSet, SameField, Severity};
 pub use snapshot::{decode_snapshot, encode_snapshot};

@@ -834,6 +834,28 @@ fn sessionizer_lookup_finds_the_session_of_an_event() {
     assert_eq!(lookup.session_of("k", 30, "e"), Some(session_id("k", "c")));
     assert_eq!(lookup.session_of("k", 31, "e"), None);
     assert_eq!(lookup.session_of("x", 5, "b"), None);
+    // The form the detector keeps for an absence trigger names the same session, as hashes.
+    for (t, id) in [(0, "a"), (5, "b"), (24, "d"), (30, "e")] {
+        let r = lookup.session_ref_of("k", t, id).expect("retained event");
+        assert!(matches!(r, SessionRef::Hashed(..)), "{r:?}");
+        assert_eq!(Some(r.text()), lookup.session_of("k", t, id));
+    }
+    assert_eq!(lookup.session_ref_of("k", 31, "e"), None);
+}
+
+#[test]
+fn a_session_ref_has_one_form_per_id_and_spells_it_back() {
+    let hex = crate::sessionize::session_id("k", "a");
+    for id in
+        [hex.as_str(), "s1", "", "0123456789ABCDEF0123456789abcdef", "0123456789abcdef0123456789abcde", "g123456789abcdef0123456789abcdef"]
+    {
+        let r = SessionRef::from_text(id);
+        assert_eq!(r.text(), id);
+        assert_eq!(SessionRef::from_text(&r.text()), r);
+        // Only 32 lower-case hex digits are held as hashes: any other id keeps its text.
+        assert_eq!(matches!(r, SessionRef::Hashed(..)), id == hex, "{id:?}");
+    }
+    assert_ne!(SessionRef::from_text(&hex), SessionRef::from_text(&crate::sessionize::session_id("k", "b")));
 }
 
 /// Latest non-retracted record of every hit id, summarised.

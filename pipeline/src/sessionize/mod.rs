@@ -182,7 +182,7 @@ pub(crate) fn fnv1a_pair<const N: usize>(parts: [&[u8]; N]) -> (u64, u64) {
 }
 
 /// `format!("{h0:016x}{h1:016x}")`: the hex of the two hashes' big-endian bytes.
-fn session_id_text((h0, h1): (u64, u64)) -> String {
+pub fn session_id_text((h0, h1): (u64, u64)) -> String {
     let mut bytes = [0u8; 16];
     bytes[..8].copy_from_slice(&h0.to_be_bytes());
     bytes[8..].copy_from_slice(&h1.to_be_bytes());
@@ -565,6 +565,12 @@ impl Sessionizer {
     /// Id of the session that contains event `(time, event_id)` of `customer` in the current
     /// cut, if that event is retained. Walks the cut like [`cut_sessions`] without allocating.
     pub fn session_of(&self, customer: &str, time: i64, event_id: &str) -> Option<String> {
+        self.session_hash_of(customer, time, event_id).map(session_id_text)
+    }
+
+    /// [`Sessionizer::session_of`] as the two hashes the id spells out ([`session_id_text`]),
+    /// without building the text.
+    pub fn session_hash_of(&self, customer: &str, time: i64, event_id: &str) -> Option<(u64, u64)> {
         let c = &self.customers[self.index.get(&self.customers, customer)?];
         let pos = c.events.partition_point(|e| e.key() < (time, event_id.as_bytes()));
         if c.events.get(pos).is_none_or(|e| &*e.id != event_id) {
@@ -578,7 +584,7 @@ impl Sessionizer {
                 start = i;
             }
         }
-        Some(session_id(&c.key, &c.events[start].id))
+        Some(session_hash(&c.key, &c.events[start].id))
     }
 
     /// The retained events of `customer`, sorted by (time, id): every event of it at or after

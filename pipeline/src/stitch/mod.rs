@@ -154,7 +154,7 @@ impl Fingerprint {
 /// The 16 bytes spelled by `value` if it is 32 lower-case hex digits, as the pseudonymiser
 /// writes a phone ([`crate::pii::push_hex16`]). A table lookup per digit and one check at the
 /// end: a branch per digit cost as much as the SHA-256 block it saves in [`Fingerprint::of`].
-fn lower_hex16(value: &str) -> Option<[u8; 16]> {
+pub(crate) fn lower_hex16(value: &str) -> Option<[u8; 16]> {
     const BAD: u8 = 0x10;
     const DIGIT: [u8; 256] = {
         let mut t = [BAD; 256];
