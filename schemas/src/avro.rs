@@ -112,6 +112,19 @@ impl<'a> Reader<'a> {
     /// Zig-zag varint `long`.
     #[inline]
     pub fn long(&mut self) -> Result<i64, ContractError> {
+        // One byte is the common case: union branches, enum indexes, short lengths.
+        if let Some(&b) = self.buf.get(self.pos) {
+            if b < 0x80 {
+                self.pos += 1;
+                return Ok(i64::from(b >> 1) ^ -i64::from(b & 1));
+            }
+        }
+        self.long_multibyte()
+    }
+
+    /// [`Reader::long`] of more than one byte (or none left).
+    #[inline(never)]
+    fn long_multibyte(&mut self) -> Result<i64, ContractError> {
         let mut z: u64 = 0;
         let mut shift = 0u32;
         loop {
@@ -253,6 +266,22 @@ mod tests {
             let mut r = Reader::new(&bytes);
             let _ = r.opt_string();
         }
+    }
+
+    #[test]
+    fn one_byte_longs_decode_as_the_general_path_does() {
+        for b in 0u8..0x80 {
+            let fast = Reader::new(&[b]).long().unwrap();
+            let general = Reader::new(&[b]).long_multibyte().unwrap();
+            assert_eq!(fast, general, "byte {b:#04x}");
+        }
+        for v in [-64i64, -1, 0, 1, 63, 64, -65, i64::MIN, i64::MAX] {
+            let mut w = Writer::default();
+            w.long(v);
+            assert_eq!(Reader::new(&w.buf).long().unwrap(), v);
+        }
+        assert!(Reader::new(&[]).long().is_err(), "nothing to read");
+        assert!(Reader::new(&[0x80]).long().is_err(), "truncated after a continuation byte");
     }
 
     #[test]
