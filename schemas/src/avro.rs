@@ -82,6 +82,41 @@ impl Writer {
     }
 }
 
+/// Strings that fields of a reused record gave back when they became null, for fields that
+/// need one again: decoding into a reused record ([`Reader::opt_string_into`],
+/// [`Reader::string_map_into`]) then allocates only when a value outgrows the buffer it lands
+/// in. Holds at most [`Spare::MAX`] strings.
+#[derive(Debug, Default)]
+pub struct Spare(Vec<String>);
+
+impl Spare {
+    /// Most strings kept; more are freed.
+    pub const MAX: usize = 32;
+
+    /// An emptied spare string, or a new one (which allocates nothing until written).
+    pub fn take(&mut self) -> String {
+        self.0.pop().unwrap_or_default()
+    }
+
+    /// Keeps `s`'s buffer for a later [`Spare::take`].
+    pub fn give(&mut self, mut s: String) {
+        if self.0.len() < Self::MAX && s.capacity() > 0 {
+            s.clear();
+            self.0.push(s);
+        }
+    }
+
+    /// Strings held.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// Reads Avro binary primitives from a slice; every read is bounds-checked.
 #[derive(Debug)]
 pub struct Reader<'a> {
@@ -173,6 +208,15 @@ impl<'a> Reader<'a> {
         self.str().map(str::to_owned)
     }
 
+    /// [`Reader::string`] into `out`, reusing its buffer.
+    #[inline]
+    pub fn string_into(&mut self, out: &mut String) -> Result<(), ContractError> {
+        let s = self.str()?;
+        out.clear();
+        out.push_str(s);
+        Ok(())
+    }
+
     /// Boolean byte, strictly 0 or 1.
     pub fn boolean(&mut self) -> Result<bool, ContractError> {
         let b = *self.buf.get(self.pos).ok_or_else(|| malformed("truncated boolean"))?;
@@ -189,6 +233,28 @@ impl<'a> Reader<'a> {
         match self.long()? {
             0 => Ok(None),
             1 => self.string().map(Some),
+            _ => Err(malformed("union branch out of range")),
+        }
+    }
+
+    /// [`Reader::opt_string`] into `out`, reusing its buffer, or one of `spare`'s; a null gives
+    /// the buffer to `spare`.
+    #[inline]
+    pub fn opt_string_into(&mut self, out: &mut Option<String>, spare: &mut Spare) -> Result<(), ContractError> {
+        match self.long()? {
+            0 => {
+                if let Some(s) = out.take() {
+                    spare.give(s);
+                }
+                Ok(())
+            }
+            1 => {
+                let s = self.str()?;
+                let buf = out.get_or_insert_with(|| spare.take());
+                buf.clear();
+                buf.push_str(s);
+                Ok(())
+            }
             _ => Err(malformed("union branch out of range")),
         }
     }
@@ -237,6 +303,37 @@ impl<'a> Reader<'a> {
                 let k = self.string()?;
                 let v = self.string()?;
                 out.insert(k, v);
+            }
+        }
+    }
+
+    /// [`Reader::string_map`] into `out`, whose entries' strings go to `spare` and are taken
+    /// from it again for the new entries.
+    pub fn string_map_into(&mut self, out: &mut BTreeMap<String, String>, spare: &mut Spare) -> Result<(), ContractError> {
+        for (k, v) in std::mem::take(out) {
+            spare.give(k);
+            spare.give(v);
+        }
+        loop {
+            let n = self.block_count()?;
+            if n == 0 {
+                return Ok(());
+            }
+            for _ in 0..n {
+                let k = self.str()?;
+                let v = self.str()?;
+                match out.get_mut(k) {
+                    Some(slot) => {
+                        slot.clear();
+                        slot.push_str(v);
+                    }
+                    None => {
+                        let (mut ks, mut vs) = (spare.take(), spare.take());
+                        ks.push_str(k);
+                        vs.push_str(v);
+                        out.insert(ks, vs);
+                    }
+                }
             }
         }
     }

@@ -5,7 +5,7 @@
 //! (Avro's schema-resolution rules: new fields take their defaults, unknown enum symbols take
 //! the enum default), re-encoded, then decoded by the fast path, so both paths yield one type.
 
-use crate::avro::{Reader, Writer};
+use crate::avro::{Reader, Spare, Writer};
 use crate::registry::{RecordKind, SchemaIds, SchemaSet};
 use crate::{ChannelEvent, ContractError, ScenarioHit, Session};
 use std::borrow::Cow;
@@ -117,6 +117,12 @@ impl Codec {
     /// Decodes a `ChannelEvent` record.
     pub fn decode_event(&self, bytes: &[u8]) -> Result<Decoded<ChannelEvent>, ContractError> {
         self.decode(RecordKind::ChannelEvent, bytes, ChannelEvent::decode_body)
+    }
+
+    /// [`Codec::decode_event`] into a reused record (see [`ChannelEvent::decode_body_into`]):
+    /// returns the writer's schema id. After an error `out` must not be used.
+    pub fn decode_event_into(&self, bytes: &[u8], out: &mut ChannelEvent, spare: &mut Spare) -> Result<u32, ContractError> {
+        self.decode(RecordKind::ChannelEvent, bytes, |r| ChannelEvent::decode_body_into(r, out, spare)).map(|d| d.schema_id)
     }
 
     /// Decodes a `Session` record.

@@ -1,14 +1,14 @@
 //! Rust types of the contract records, with their fast Avro body encoders and decoders
 //! for the current schema versions (field order = schema order).
 
-use crate::avro::{Reader, Writer};
+use crate::avro::{Reader, Spare, Writer};
 use crate::ContractError;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 
 /// Customer-facing channel; Avro enum `journey.Channel` with default `OTHER`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Channel {
     /// Mobile app.
@@ -33,7 +33,8 @@ pub enum Channel {
     Ussd,
     /// E-mail.
     Email,
-    /// Anything else, and symbols unknown to this reader.
+    /// Anything else, and symbols unknown to this reader (and the schema's default).
+    #[default]
     Other,
 }
 
@@ -89,8 +90,9 @@ impl fmt::Display for Channel {
     }
 }
 
-/// One thing that happened to a customer in one channel (`journey.ChannelEvent`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One thing that happened to a customer in one channel (`journey.ChannelEvent`). The default
+/// (all empty, channel `OTHER`) is not a valid event: it is a record to decode into.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct ChannelEvent {
     /// Globally unique event id.
     pub event_id: String,
@@ -164,30 +166,35 @@ impl ChannelEvent {
 
     /// Decodes an Avro body written with the current schema.
     pub fn decode_body(r: &mut Reader<'_>) -> Result<Self, ContractError> {
-        let event_id = r.string()?;
-        let event_time = r.long()?;
-        let ingest_time = r.long()?;
+        let mut e = ChannelEvent::default();
+        ChannelEvent::decode_body_into(r, &mut e, &mut Spare::default())?;
+        Ok(e)
+    }
+
+    /// [`ChannelEvent::decode_body`] into `e`, every field overwritten, reusing its strings (and
+    /// `spare`'s, see [`Spare`]): a processor that decodes one event after another into the
+    /// same record allocates only when a value outgrows its buffer. After an error `e` holds a
+    /// mix of old and new fields and must not be used.
+    pub fn decode_body_into(r: &mut Reader<'_>, e: &mut ChannelEvent, spare: &mut Spare) -> Result<(), ContractError> {
+        r.string_into(&mut e.event_id)?;
+        e.event_time = r.long()?;
+        e.ingest_time = r.long()?;
         let idx = r.long()?;
-        let channel = usize::try_from(idx)
+        e.channel = usize::try_from(idx)
             .ok()
             .and_then(|i| Channel::ALL.get(i).copied())
             .ok_or_else(|| ContractError::Malformed(format!("channel index {idx} out of range")))?;
-        Ok(ChannelEvent {
-            event_id,
-            event_time,
-            ingest_time,
-            channel,
-            event_type: r.string()?,
-            customer_id: r.opt_string()?,
-            msisdn: r.opt_string()?,
-            app_instance_id: r.opt_string()?,
-            topic: r.opt_string()?,
-            outcome: r.opt_string()?,
-            line: r.opt_string()?,
-            agent_id: r.opt_string()?,
-            attrs: r.string_map()?,
-            region: r.opt_string()?,
-        })
+        r.string_into(&mut e.event_type)?;
+        r.opt_string_into(&mut e.customer_id, spare)?;
+        r.opt_string_into(&mut e.msisdn, spare)?;
+        r.opt_string_into(&mut e.app_instance_id, spare)?;
+        r.opt_string_into(&mut e.topic, spare)?;
+        r.opt_string_into(&mut e.outcome, spare)?;
+        r.opt_string_into(&mut e.line, spare)?;
+        r.opt_string_into(&mut e.agent_id, spare)?;
+        r.string_map_into(&mut e.attrs, spare)?;
+        r.opt_string_into(&mut e.region, spare)?;
+        Ok(())
     }
 }
 

@@ -22,14 +22,15 @@ pub mod stitch;
 
 use crate::config::Config;
 use crate::detect::{DetectedHit, Detector, RuleSet};
-use crate::pii::{PseudonymCache, Pseudonymizer};
+use crate::pii::{push_hex16, PseudonymCache, Pseudonymizer};
 use crate::sessionize::{Admission, Emitted, SessionEvent, SessionParams, Sessionizer};
-use crate::sink::clickhouse::{batch_token, client, Backoff, ClickHouseSink, EventRow, HitRow, SessionRow};
+use crate::sink::clickhouse::{batch_token, client, Backoff, ClickHouseSink, EventRows, HitRow, SessionRow};
 use crate::Error;
 use journey_connectors::metrics;
 use journey_connectors::now_ms;
 use journey_connectors::publish::DeadLetter;
-use journey_schemas::Codec;
+use journey_schemas::avro::Spare;
+use journey_schemas::{ChannelEvent, Codec};
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
@@ -239,8 +240,14 @@ pub struct Processor {
     /// Rows for the next flush, with the input partition each came from (`event_parts` is
     /// parallel to `event_rows`), so a partition revoked while ClickHouse is down can be
     /// dropped whole: its new owner recomputes it from the last commit.
-    event_rows: Vec<EventRow>,
+    event_rows: EventRows,
     event_parts: Vec<i32>,
+    /// The record each input event is decoded into, with the strings its null fields gave
+    /// back, and the phone pseudonym of its row: reused from one event to the next, so that
+    /// decoding and building the row allocate nothing in a steady stream (see `EventRows`).
+    event: ChannelEvent,
+    spare: Spare,
+    msisdn_hash: String,
     sessions: Vec<(i32, Emitted)>,
     hits: Vec<(i32, DetectedHit)>,
     /// Emissions of the current `handle` call, tagged with its partition afterwards.
@@ -271,8 +278,11 @@ impl Processor {
             pseudo: PseudonymCache::new(pseudo),
             params,
             partitions: HashMap::new(),
-            event_rows: Vec::new(),
+            event_rows: EventRows::default(),
             event_parts: Vec::new(),
+            event: ChannelEvent::default(),
+            spare: Spare::default(),
+            msisdn_hash: String::new(),
             sessions: Vec::new(),
             hits: Vec::new(),
             emitted: Vec::new(),
@@ -389,14 +399,30 @@ impl Processor {
             self.summary.forwarded += 1;
             return;
         }
-        let event = match self.codec.decode_event(payload) {
-            Ok(d) => d.value,
-            Err(e) => {
-                let reason = decode_reason(&e);
-                self.dead_letter(producer, key, payload, reason, &e.to_string(), &origin());
-                return;
-            }
-        };
+        // Decoded into the reused record, taken out of `self` meanwhile and put back after.
+        let mut event = std::mem::take(&mut self.event);
+        if let Err(e) = self.codec.decode_event_into(payload, &mut event, &mut self.spare) {
+            let reason = decode_reason(&e);
+            self.dead_letter(producer, key, payload, reason, &e.to_string(), &origin());
+        } else {
+            self.handle_event(producer, partition, offset, key, payload, moves, &event, &origin);
+        }
+        self.event = event;
+    }
+
+    /// [`Processor::handle_record`] of a decoded event.
+    #[allow(clippy::too_many_arguments)]
+    fn handle_event(
+        &mut self,
+        producer: &FutureProducer,
+        partition: i32,
+        offset: i64,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        moves: u64,
+        event: &ChannelEvent,
+        origin: &dyn Fn() -> String,
+    ) {
         // The stitch stage keyed the record by its canonical customer.
         let Some(customer) = key.and_then(|k| std::str::from_utf8(k).ok()).filter(|k| !k.is_empty()).map(str::to_string) else {
             self.dead_letter(producer, key, payload, "missing_key", "a keyed event has no customer key", &origin());
@@ -405,7 +431,7 @@ impl Processor {
         let st = self.partitions.get_mut(&partition).expect("inserted above");
         st.max_event_time = st.max_event_time.max(event.event_time);
         st.last_event_wall = Instant::now();
-        let mut sev = SessionEvent::from_event(&event);
+        let mut sev = SessionEvent::from_event(event);
         sev.offset = offset;
         sev.payload = Some(payload.into());
         sev.moves = moves;
@@ -425,7 +451,7 @@ impl Processor {
         // crash between the sessionizer's and the detector's records of a customer restores an
         // event in the one and not in the other, and the replay must still reach the detector.
         // It recognises what it already has.
-        st.detector.admit_event(&customer, &event, &st.sessionizer, &mut self.emitted_hits);
+        st.detector.admit_event(&customer, event, &st.sessionizer, &mut self.emitted_hits);
         let accepted = admission == Admission::Accepted;
         if accepted {
             self.summary.accepted += 1;
@@ -436,8 +462,11 @@ impl Processor {
         // A moved copy supersedes the rows of the keys it moved from, even when this key
         // already had the event (a duplicate that was keyed here directly).
         if accepted || moves > 0 {
-            let hash = event.msisdn.as_deref().map(|m| self.pseudo.hash(m)).unwrap_or_default();
-            self.event_rows.push(EventRow::from_event(event, &customer, hash, moves));
+            self.msisdn_hash.clear();
+            if let Some(m) = event.msisdn.as_deref() {
+                push_hex16(&self.pseudo.digest(m), &mut self.msisdn_hash);
+            }
+            self.event_rows.push(event, &customer, &self.msisdn_hash, moves);
             self.event_parts.push(partition);
             self.buffered_bytes += 64 + 2 * payload.len();
         }
@@ -554,8 +583,8 @@ impl Processor {
     /// the same rows again under the same deduplication tokens (a table that had already
     /// acknowledged its part drops the repeat), so the caller may retry as often as needed.
     pub async fn flush(&mut self, sink: &ClickHouseSink, producer: &FutureProducer) -> Result<TopicPartitionList, Error> {
-        let token = batch_token("events", self.event_rows.iter().map(|r| r.event_id.as_bytes()));
-        sink.insert("events", &self.event_rows, &token).await?;
+        let token = batch_token("events", self.event_rows.as_slice().iter().map(|r| r.event_id.as_bytes()));
+        sink.insert("events", self.event_rows.as_slice(), &token).await?;
         let session_rows: Vec<SessionRow> = self.sessions.iter().map(|(_, e)| SessionRow::from(e)).collect();
         let token = batch_token("sessions", self.sessions.iter().map(|(_, e)| format!("{}/{}", e.session_id, e.version)));
         sink.insert("sessions", &session_rows, &token).await?;
@@ -563,13 +592,13 @@ impl Processor {
         let token = batch_token("scenario_hits", self.hits.iter().map(|(_, h)| format!("{}/{}", h.hit.hit_id, h.hit.version)));
         sink.insert("scenario_hits", &hit_rows, &token).await?;
         // ClickHouse holds every row: from here on the batch is Kafka's.
-        let rows = std::mem::take(&mut self.event_rows);
-        self.event_parts.clear();
-        self.buffered_bytes = 0;
         let lag_now = now_ms();
-        if let Some(max_t) = rows.iter().map(|r| r.ingest_time).max() {
+        if let Some(max_t) = self.event_rows.as_slice().iter().map(|r| r.ingest_time).max() {
             metrics::end_to_end_lag_seconds((lag_now - max_t) as f64 / 1000.0);
         }
+        self.event_rows.clear();
+        self.event_parts.clear();
+        self.buffered_bytes = 0;
         let sessions = std::mem::take(&mut self.sessions);
         self.summary.sessions += sessions.len() as u64;
         for (_, s) in &sessions {

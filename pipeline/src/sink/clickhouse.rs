@@ -74,27 +74,91 @@ impl EventRow {
         }
     }
 
-    /// [`EventRow::new`] from an event no longer needed: its strings move into the row
-    /// instead of being copied.
-    pub fn from_event(e: ChannelEvent, customer: &str, msisdn_hash: String, version: u64) -> EventRow {
-        EventRow {
-            event_id: e.event_id,
-            event_time: e.event_time,
-            ingest_time: e.ingest_time,
-            channel: e.channel.as_str().into(),
-            event_type: e.event_type,
-            customer_id: customer.to_string(),
-            crm_id: e.customer_id.unwrap_or_default(),
-            msisdn_hash,
-            app_instance_id: e.app_instance_id.unwrap_or_default(),
-            topic: e.topic.unwrap_or_default(),
-            outcome: e.outcome.unwrap_or_default(),
-            line: e.line.unwrap_or_default(),
-            agent_id: e.agent_id.unwrap_or_default(),
-            region: e.region.unwrap_or_default(),
-            attrs: e.attrs.into_iter().collect(),
-            version,
+    /// [`EventRow::new`] into this row, every field overwritten, reusing its strings' buffers.
+    pub fn fill_from(&mut self, e: &ChannelEvent, customer: &str, msisdn_hash: &str, version: u64) {
+        fn set(dst: &mut String, src: Option<&str>) {
+            dst.clear();
+            dst.push_str(src.unwrap_or_default());
         }
+        set(&mut self.event_id, Some(&e.event_id));
+        self.event_time = e.event_time;
+        self.ingest_time = e.ingest_time;
+        self.channel = e.channel.as_str().into();
+        set(&mut self.event_type, Some(&e.event_type));
+        set(&mut self.customer_id, Some(customer));
+        set(&mut self.crm_id, e.customer_id.as_deref());
+        set(&mut self.msisdn_hash, Some(msisdn_hash));
+        set(&mut self.app_instance_id, e.app_instance_id.as_deref());
+        set(&mut self.topic, e.topic.as_deref());
+        set(&mut self.outcome, e.outcome.as_deref());
+        set(&mut self.line, e.line.as_deref());
+        set(&mut self.agent_id, e.agent_id.as_deref());
+        set(&mut self.region, e.region.as_deref());
+        self.attrs.truncate(e.attrs.len());
+        let reused = self.attrs.len();
+        for (i, (k, v)) in e.attrs.iter().enumerate() {
+            if i < reused {
+                set(&mut self.attrs[i].0, Some(k));
+                set(&mut self.attrs[i].1, Some(v));
+            } else {
+                self.attrs.push((k.clone(), v.clone()));
+            }
+        }
+        self.version = version;
+    }
+}
+
+/// The `events` rows of the next insert. Inserted rows are kept and refilled
+/// ([`EventRow::fill_from`]) rather than freed, so that in a steady stream building a row
+/// copies the event's strings into buffers already there instead of allocating them: a fresh
+/// allocation hands out memory freed long before, a cache miss per string. The rows kept are
+/// those of the largest batch so far.
+#[derive(Debug, Default)]
+pub struct EventRows {
+    rows: Vec<EventRow>,
+    len: usize,
+}
+
+impl EventRows {
+    /// Appends the row of an accepted event (see [`EventRow::new`]).
+    pub fn push(&mut self, e: &ChannelEvent, customer: &str, msisdn_hash: &str, version: u64) {
+        match self.rows.get_mut(self.len) {
+            Some(row) => row.fill_from(e, customer, msisdn_hash, version),
+            None => self.rows.push(EventRow::new(e, customer, msisdn_hash.to_string(), version)),
+        }
+        self.len += 1;
+    }
+
+    /// The rows appended since the last [`EventRows::clear`].
+    pub fn as_slice(&self) -> &[EventRow] {
+        &self.rows[..self.len]
+    }
+
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Forgets the rows, keeping their buffers for the next ones.
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// Keeps the rows for which `keep` (called once per row, in order) says so, in order.
+    pub fn retain(&mut self, mut keep: impl FnMut(&EventRow) -> bool) {
+        let mut kept = 0;
+        for i in 0..self.len {
+            if keep(&self.rows[i]) {
+                self.rows.swap(kept, i);
+                kept += 1;
+            }
+        }
+        self.len = kept;
     }
 }
 
@@ -414,8 +478,53 @@ impl IdentityRow {
 
 #[cfg(test)]
 mod tests {
-    use super::is_transient;
+    use super::{is_transient, EventRow, EventRows};
     use clickhouse::error::Error;
+    use journey_schemas::{Channel, ChannelEvent};
+    use proptest::prelude::*;
+
+    fn opt() -> impl Strategy<Value = Option<String>> {
+        proptest::option::of("[a-z0-9]{0,6}")
+    }
+
+    prop_compose! {
+        fn event()(id in "[a-z0-9]{1,8}", t in any::<i64>(), ch in 0usize..12, ty in "[a-z.]{1,8}",
+            (c, m, a, topic) in (opt(), opt(), opt(), opt()), (o, l, ag, r) in (opt(), opt(), opt(), opt()),
+            attrs in proptest::collection::btree_map("[a-z]{1,3}", "[a-z0-9]{0,4}", 0..3),
+        ) -> ChannelEvent {
+            ChannelEvent { event_id: id, event_time: t, ingest_time: t / 2, channel: Channel::ALL[ch], event_type: ty,
+                customer_id: c, msisdn: m, app_instance_id: a, topic, outcome: o, line: l, agent_id: ag, attrs, region: r }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn reused_rows_equal_fresh_ones(
+            batches in proptest::collection::vec(proptest::collection::vec((event(), "[a-z0-9:]{1,8}", "[a-f0-9]{0,4}", 0u64..3, any::<bool>()), 0..8), 1..5),
+        ) {
+            // Batches of rows through one buffer, as the processor's flushes use it; some
+            // batches drop rows (a revoked partition's) before they are taken.
+            let mut rows = EventRows::default();
+            for batch in &batches {
+                let mut want = Vec::new();
+                for (e, customer, hash, version, keep) in batch {
+                    rows.push(e, customer, hash, *version);
+                    want.push((EventRow::new(e, customer, hash.clone(), *version), *keep));
+                }
+                prop_assert_eq!(rows.len(), batch.len());
+                let mut keeps = want.iter().map(|(_, k)| *k);
+                if batch.len() % 2 == 1 {
+                    rows.retain(|_| keeps.next().unwrap_or(true));
+                    want.retain(|(_, k)| *k);
+                }
+                let want: Vec<EventRow> = want.into_iter().map(|(r, _)| r).collect();
+                prop_assert_eq!(rows.as_slice(), &want[..]);
+                prop_assert_eq!(rows.is_empty(), want.is_empty());
+                rows.clear();
+                prop_assert!(rows.is_empty());
+            }
+        }
+    }
 
     fn bad(msg: &str) -> Error {
         Error::BadResponse(msg.to_string())
