@@ -7,6 +7,7 @@
 pub mod backtest;
 pub mod config;
 pub mod detect;
+pub mod inline;
 pub mod migrate;
 pub mod operator;
 pub mod pii;

@@ -169,7 +169,7 @@ impl View for Step<'_> {
 /// event `(time, id)`; `None` if that event is not among them.
 pub(crate) fn window<'a>(rules: &RuleSet, events: &'a [SessionEvent], from_time: i64, time: i64, id: &str) -> Option<Vec<Step<'a>>> {
     let end = events.partition_point(|e| (e.time, e.id.as_bytes()) < (time, id.as_bytes()));
-    if events.get(end).is_none_or(|e| &*e.id != id) {
+    if events.get(end).is_none_or(|e| e.id.as_bytes() != id.as_bytes()) {
         return None;
     }
     let start = events[..end].partition_point(|e| e.time < from_time);

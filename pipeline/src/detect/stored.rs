@@ -9,6 +9,7 @@
 
 use super::eval::{intern, Bits, DetectEvent, EventFields, SameValue, View};
 use super::rules::{RuleSet, SameField};
+pub(crate) use crate::inline::InlineStr;
 use journey_schemas::{Channel, ChannelEvent};
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
@@ -93,100 +94,6 @@ impl Symbols {
         self.names = names;
         self.collect_at = (2 * self.names.len()).max(COLLECT_MIN);
     }
-}
-
-/// Inline strings up to this many bytes (a generated event id has 18 to 23, a customer key
-/// 10 to 20, a phone pseudonym key more).
-const INLINE: usize = 23;
-
-/// A short string (event id, customer key), inline when it fits (padded with 0xff, which
-/// UTF-8 never contains), else boxed: no allocation, and no pointer to follow when compared.
-/// Equality and hashing are those of its bytes, so a map keyed by it is searched by `&[u8]`.
-#[derive(Debug, Clone)]
-pub(crate) enum InlineStr {
-    Inline([u8; INLINE]),
-    Boxed(Box<str>),
-}
-
-impl Default for InlineStr {
-    fn default() -> InlineStr {
-        InlineStr::Inline([0xff; INLINE])
-    }
-}
-
-impl PartialEq for InlineStr {
-    fn eq(&self, other: &InlineStr) -> bool {
-        match (self, other) {
-            // The padding is the same for the same text, so the arrays compare as the texts.
-            (InlineStr::Inline(a), InlineStr::Inline(b)) => a == b,
-            (InlineStr::Boxed(a), InlineStr::Boxed(b)) => a == b,
-            // Only a text too long to be inline is boxed.
-            _ => false,
-        }
-    }
-}
-
-impl Eq for InlineStr {}
-
-impl std::hash::Hash for InlineStr {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.as_bytes().hash(state);
-    }
-}
-
-impl std::borrow::Borrow<[u8]> for InlineStr {
-    fn borrow(&self) -> &[u8] {
-        self.as_bytes()
-    }
-}
-
-impl InlineStr {
-    pub(crate) fn new(id: &str) -> InlineStr {
-        let b = id.as_bytes();
-        if b.len() <= INLINE {
-            let mut a = [0xffu8; INLINE];
-            a[..b.len()].copy_from_slice(b);
-            InlineStr::Inline(a)
-        } else {
-            InlineStr::Boxed(id.into())
-        }
-    }
-
-    pub(crate) fn as_bytes(&self) -> &[u8] {
-        match self {
-            InlineStr::Inline(a) => &a[..inline_len(a)],
-            InlineStr::Boxed(s) => s.as_bytes(),
-        }
-    }
-
-    pub(crate) fn as_str(&self) -> &str {
-        match self {
-            // The bytes were copied from a `str` up to the padding: always valid UTF-8.
-            InlineStr::Inline(_) => std::str::from_utf8(self.as_bytes()).unwrap_or_default(),
-            InlineStr::Boxed(s) => s,
-        }
-    }
-}
-
-/// The length of the text in a padded inline array: the position of its first 0xff byte,
-/// found a word at a time (this runs for every key compared or hashed, so a byte loop showed in
-/// the profiles).
-fn inline_len(a: &[u8; INLINE]) -> usize {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGHS: u64 = 0x8080_8080_8080_8080;
-    // Three words, the last overlapping the second (bytes 15 to 22).
-    for at in [0, 8, INLINE - 8] {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(&a[at..at + 8]);
-        // 0xff bytes are the zero bytes of the complement; the lowest set bit of this marks
-        // the first of them (a borrow can only mark bytes above a zero byte).
-        let x = !u64::from_le_bytes(w);
-        let zero = x.wrapping_sub(ONES) & !x & HIGHS;
-        if zero != 0 {
-            return at + zero.trailing_zeros() as usize / 8;
-        }
-    }
-    INLINE
 }
 
 /// A retained event: a [`DetectEvent`]'s content with interned fields as symbols, the
@@ -363,32 +270,5 @@ impl EventFields for Fields<'_> {
     }
     fn attr(&self, key: &str) -> Option<&str> {
         self.k.attrs.iter().find(|(k, _)| &**k == key).map(|(_, v)| &**v)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{InlineStr, INLINE};
-    use proptest::prelude::*;
-
-    proptest! {
-        #[test]
-        fn inline_strings_read_back_and_compare_as_their_text(a in "[a\\x00\u{e9}\u{1F600}:0-9]{0,30}", b in "[a\\x00\u{e9}:]{0,3}") {
-            // Lengths around the inline limit (23 bytes), multi-byte characters, NUL bytes.
-            let (x, y) = (InlineStr::new(&a), InlineStr::new(&b));
-            prop_assert_eq!(x.as_bytes(), a.as_bytes());
-            prop_assert_eq!(x.as_str(), a.as_str());
-            prop_assert_eq!(x == y, a == b);
-            prop_assert!(x == InlineStr::new(&a));
-        }
-    }
-
-    #[test]
-    fn every_inline_length_reads_back() {
-        for n in 0..=INLINE + 2 {
-            let s = "x".repeat(n);
-            assert_eq!(InlineStr::new(&s).as_bytes(), s.as_bytes(), "length {n}");
-            assert_eq!(matches!(InlineStr::new(&s), InlineStr::Inline(_)), n <= INLINE);
-        }
     }
 }

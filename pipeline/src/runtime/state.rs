@@ -9,6 +9,7 @@
 //! replayed after a restore are recognised as duplicates or re-create identical outputs
 //! (versions derive from input offsets).
 
+use crate::inline::InlineStr;
 use crate::sessionize::{CustomerSnapshot, SessionEvent};
 use journey_schemas::avro::{Reader, Writer};
 use journey_schemas::{Channel, Codec, ContractError};
@@ -95,7 +96,7 @@ pub fn decode_customer(codec: &Codec, buf: &[u8]) -> Result<CustomerSnapshot, Co
     let mut events = Vec::with_capacity(usize::try_from(n).unwrap_or(0).min(1 << 16));
     for _ in 0..n {
         let time = r.long()?;
-        let id: Box<str> = r.string()?.into();
+        let id = InlineStr::new(r.str()?);
         let ch = r.long()?;
         let channel = usize::try_from(ch).ok().and_then(|i| Channel::ALL.get(i).copied()).unwrap_or(Channel::Other);
         let topic = r.opt_string()?.map(Arc::from);

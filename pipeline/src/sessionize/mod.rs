@@ -14,6 +14,7 @@
 //! emitted again with `retracted = true`. So, whatever the arrival order within the horizon,
 //! the latest non-retracted versions equal the batch result.
 
+use crate::inline::InlineStr;
 use crate::operator::Operator;
 use crate::slots::{ChunkedVec, SlotIndex};
 use crate::timers::Timers;
@@ -67,8 +68,8 @@ pub struct SessionParams {
 pub struct SessionEvent {
     /// Event time.
     pub time: i64,
-    /// Event id (ties in time are ordered by id bytes).
-    pub id: Box<str>,
+    /// Event id (ties in time are ordered by id bytes), inline when short (see `inline.rs`).
+    pub id: InlineStr,
     /// Channel.
     pub channel: Channel,
     /// Topic, interned.
@@ -106,13 +107,13 @@ impl PartialEq for SessionEvent {
 
 impl Eq for SessionEvent {}
 
-// Every retained event is one of these, the same size with the tag as without it (the tag
-// takes padding): keep it from growing unnoticed.
-const _: () = assert!(std::mem::size_of::<SessionEvent>() == 96);
+// Every retained event is one of these (the tag takes padding; the inline id is 8 bytes more
+// than a boxed one, and saves an allocation per event): keep it from growing unnoticed.
+const _: () = assert!(std::mem::size_of::<SessionEvent>() == 104);
 
 /// [`SessionEvent::id_tag`] of an id: any fast hash does, since tags never leave the process
 /// (a restore recomputes them).
-fn id_tag(id: &str) -> u32 {
+fn id_tag(id: &[u8]) -> u32 {
     use std::hash::BuildHasher;
     (foldhash::fast::FixedState::with_seed(0).hash_one(id) >> 32) as u32
 }
@@ -122,7 +123,7 @@ impl SessionEvent {
     pub fn from_event(e: &ChannelEvent) -> SessionEvent {
         SessionEvent {
             time: e.event_time,
-            id: e.event_id.as_str().into(),
+            id: InlineStr::new(&e.event_id),
             channel: e.channel,
             topic: e.topic.as_deref().map(intern),
             region: e.region.as_deref().map(intern),
@@ -165,7 +166,12 @@ pub fn session_id(customer: &str, first_event_id: &str) -> String {
 /// The two hashes a session id spells out: `(fnv1a(.., 0), fnv1a(.., 1))` in one pass. The
 /// sessionizer compares these instead of the text, which it builds only to emit.
 pub fn session_hash(customer: &str, first_event_id: &str) -> (u64, u64) {
-    fnv1a_pair([customer.as_bytes(), &[0xff], first_event_id.as_bytes()])
+    session_hash_of_bytes(customer.as_bytes(), first_event_id.as_bytes())
+}
+
+/// [`session_hash`] of the texts' bytes (an inline id gives its bytes without a UTF-8 check).
+fn session_hash_of_bytes(customer: &[u8], first_event_id: &[u8]) -> (u64, u64) {
+    fnv1a_pair([customer, &[0xff], first_event_id])
 }
 
 /// FNV-1a with salts 0 and 1 over the concatenation of `parts`, both in one pass. A plain loop
@@ -510,7 +516,7 @@ impl Sessionizer {
         c.pending_offset = None;
         c.events = snap.events;
         for e in &mut c.events {
-            e.id_tag = id_tag(&e.id);
+            e.id_tag = id_tag(e.id.as_bytes());
         }
         c.emitted = Vec::with_capacity(snap.emitted.len());
         for s in snap.emitted {
@@ -573,7 +579,7 @@ impl Sessionizer {
     pub fn session_hash_of(&self, customer: &str, time: i64, event_id: &str) -> Option<(u64, u64)> {
         let c = &self.customers[self.index.get(&self.customers, customer)?];
         let pos = c.events.partition_point(|e| e.key() < (time, event_id.as_bytes()));
-        if c.events.get(pos).is_none_or(|e| &*e.id != event_id) {
+        if c.events.get(pos).is_none_or(|e| e.id.as_bytes() != event_id.as_bytes()) {
             return None;
         }
         let p = &self.params;
@@ -584,7 +590,7 @@ impl Sessionizer {
                 start = i;
             }
         }
-        Some(session_hash(&c.key, &c.events[start].id))
+        Some(session_hash_of_bytes(c.key.as_bytes(), c.events[start].id.as_bytes()))
     }
 
     /// The retained events of `customer`, sorted by (time, id): every event of it at or after
@@ -621,7 +627,7 @@ impl Sessionizer {
         if self.watermark != i64::MIN && ev.time < self.watermark.saturating_sub(self.params.horizon_ms) {
             return Admission::TooLate;
         }
-        ev.id_tag = id_tag(&ev.id);
+        ev.id_tag = id_tag(ev.id.as_bytes());
         let idx = match self.index.get(&self.customers, customer) {
             Some(i) if self.customers[i].events.iter().any(|e| e.id_tag == ev.id_tag && e.id == ev.id) => return Admission::Duplicate,
             Some(i) => i,
@@ -721,7 +727,7 @@ impl Sessionizer {
         for r in &ranges {
             let run = &c.events[r.clone()];
             let (first, last) = (&run[0], &run[run.len() - 1]);
-            let id = session_hash(&c.key, &first.id);
+            let id = session_hash_of_bytes(c.key.as_bytes(), first.id.as_bytes());
             let closed = last.time.saturating_add(p.gap_ms) < wm || first.time.saturating_add(p.max_duration_ms) < wm;
             if closed {
                 let prev = c.emitted.iter().position(|s| s.id == id);
@@ -734,7 +740,7 @@ impl Sessionizer {
                         && s.start_time == first.time
                         && s.end_time == last.time
                         && s.event_count == run.len() as i64
-                        && *s.last_event_id == *last.id
+                        && s.last_event_id.as_bytes() == last.id.as_bytes()
                 });
                 debug_assert!(!unchanged || prev.is_some_and(|i| same_content(&c.emitted[i].rec, &build_session(&c.key, run))));
                 if !unchanged {
