@@ -8,15 +8,27 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 
-/// Slot deadlines, bucketed by `width` with a min-heap per bucket: deadlines cluster (the
-/// detector rounds its pruning deadlines to a grid; the sessionizer's follow event time), so
-/// an insert is mostly a push onto the heap of a bucket that already exists, in a map of a few
-/// hundred buckets that stays in cache. Duplicates are not merged (see the module docs).
+/// Slot deadlines, bucketed by `width`: deadlines cluster (the detector rounds its pruning
+/// deadlines to a grid; the sessionizer's follow event time), so an insert is mostly a push
+/// onto a bucket that already exists, in a map of a few hundred buckets that stays in cache.
+/// Duplicates are not merged (see the module docs).
+///
+/// A bucket is a plain vector until entries are first taken from it, and only then made a
+/// min-heap (in one linear pass): an insert into a later bucket is a push onto its hot tail,
+/// where a heap's sift-up read the parent entries, out in the cold middle of a large bucket.
 #[derive(Debug)]
 pub(crate) struct Timers {
     width: i64,
     /// Bucket number (deadline / width) -> its entries; empty buckets are removed.
-    buckets: BTreeMap<i64, BinaryHeap<Reverse<(i64, usize)>>>,
+    buckets: BTreeMap<i64, Bucket>,
+}
+
+/// One bucket's entries: pushed onto `fresh` while nothing has been taken from it, then all
+/// made a heap at the first take; once draining, an insert goes onto the heap.
+#[derive(Debug, Default)]
+struct Bucket {
+    fresh: Vec<(i64, usize)>,
+    heap: BinaryHeap<Reverse<(i64, usize)>>,
 }
 
 impl Timers {
@@ -27,23 +39,38 @@ impl Timers {
 
     /// Adds an entry (a duplicate is kept: it comes out beside the first).
     pub(crate) fn insert(&mut self, deadline: i64, idx: usize) {
-        self.buckets.entry(deadline.div_euclid(self.width)).or_default().push(Reverse((deadline, idx)));
+        let b = self.buckets.entry(deadline.div_euclid(self.width)).or_default();
+        if b.heap.is_empty() {
+            b.fresh.push((deadline, idx));
+        } else {
+            b.heap.push(Reverse((deadline, idx)));
+        }
     }
 
     /// Bytes of the entries' buffers, for the state figures.
     pub(crate) fn heap_bytes(&self) -> usize {
-        self.buckets.values().map(|b| b.capacity() * std::mem::size_of::<Reverse<(i64, usize)>>()).sum()
+        let entry = std::mem::size_of::<(i64, usize)>();
+        self.buckets.values().map(|b| (b.fresh.capacity() + b.heap.capacity()) * entry).sum()
     }
 
     /// Removes and returns the earliest entry if its deadline is before `wm`.
     pub(crate) fn pop_before(&mut self, wm: i64) -> Option<(i64, usize)> {
         let mut first = self.buckets.first_entry()?;
-        let &Reverse(top) = first.get().peek()?;
+        // Every deadline of the first bucket is at or after its start: none is due before it.
+        if first.key().saturating_mul(self.width) >= wm {
+            return None;
+        }
+        let b = first.get_mut();
+        if b.heap.is_empty() {
+            // A bucket is removed when it empties, so its entries are all still fresh.
+            b.heap = b.fresh.drain(..).map(Reverse).collect();
+        }
+        let &Reverse(top) = b.heap.peek()?;
         if top.0 >= wm {
             return None;
         }
-        first.get_mut().pop();
-        if first.get().is_empty() {
+        b.heap.pop();
+        if b.heap.is_empty() {
             first.remove();
         }
         Some(top)

@@ -237,7 +237,7 @@ pub fn build_session(customer: &str, events: &[SessionEvent]) -> Session {
         }
     }
     Session {
-        session_id: session_id(customer, &first.id),
+        session_id: session_id_text(session_hash_of_bytes(customer.as_bytes(), first.id.as_bytes())),
         customer_id: customer.to_string(),
         start_time: first.time,
         end_time: last.time,
@@ -247,8 +247,8 @@ pub fn build_session(customer: &str, events: &[SessionEvent]) -> Session {
         path,
         topics,
         assisted: events.iter().any(|e| e.assisted),
-        first_event_id: first.id.to_string(),
-        last_event_id: last.id.to_string(),
+        first_event_id: first.id.as_str().to_owned(),
+        last_event_id: last.id.as_str().to_owned(),
         version: 0,
         retracted: false,
     }
