@@ -340,7 +340,9 @@ struct Sent {
 
 #[derive(Debug, Default)]
 struct CustomerState {
-    key: String,
+    /// Canonical customer key, inline when short: the index probe compares it in the slot,
+    /// without a pointer to a second cold line.
+    key: InlineStr,
     /// Distinct events sorted by (time, id).
     events: Vec<SessionEvent>,
     /// The last emitted record of each session id (a customer has a handful, so a list).
@@ -385,7 +387,7 @@ impl CustomerIndex {
     }
 
     fn get(&self, customers: &ChunkedVec<CustomerState>, key: &str) -> Option<usize> {
-        self.slots.get(self.hash(key), |i| customers[i].key == key)
+        self.slots.get(self.hash(key), |i| customers[i].key.as_bytes() == key.as_bytes())
     }
 
     /// Adds slot `idx`, whose key is set and not yet indexed.
@@ -426,7 +428,7 @@ pub struct Sessionizer {
     /// Keys whose state was removed since the last [`Sessionizer::take_dirty`] (one insert per
     /// pruned customer, so a fast seeded hash, and drained rather than dropped so that its
     /// table is grown once, not at every flush).
-    dirty_gone: HashSet<String, foldhash::fast::RandomState>,
+    dirty_gone: HashSet<InlineStr, foldhash::fast::RandomState>,
     /// Scratch list of the session ids of one reconcile, kept to reuse its allocation.
     live_ids: Vec<(u64, u64)>,
     /// Test switch: arm timers as the first version did (see `tests::reference_schedule`), and
@@ -468,7 +470,7 @@ impl Sessionizer {
         for key in self.dirty_gone.drain() {
             // A key removed and then created again is listed below, once.
             if !self.index.get(&self.customers, &key).is_some_and(|idx| self.customers[idx].dirty) {
-                keys.push(key);
+                keys.push(key.as_str().to_owned());
             }
         }
         // Cleared, not given away, so the list is grown once rather than at every flush.
@@ -476,7 +478,7 @@ impl Sessionizer {
             let c = &mut self.customers[idx];
             // A slot freed (and maybe reused) since it was listed has its flag cleared.
             if std::mem::take(&mut c.dirty) {
-                keys.push(c.key.clone());
+                keys.push(c.key.as_str().to_owned());
             }
         }
         self.dirty.clear();
@@ -492,7 +494,7 @@ impl Sessionizer {
 
     /// Forgets that `customer` changed (its state was just restored as it is in the changelog).
     fn clear_dirty(&mut self, customer: &str) {
-        self.dirty_gone.remove(customer);
+        self.dirty_gone.remove(customer.as_bytes());
         if let Some(idx) = self.index.get(&self.customers, customer) {
             self.customers[idx].dirty = false;
         }
@@ -503,7 +505,7 @@ impl Sessionizer {
         let c = &self.customers[self.index.get(&self.customers, customer)?];
         let mut emitted: Vec<Session> = c.emitted.iter().map(|s| Session::clone(&s.rec)).collect();
         emitted.sort_by(|a, b| a.session_id.cmp(&b.session_id));
-        Some(CustomerSnapshot { key: c.key.clone(), events: c.events.clone(), emitted })
+        Some(CustomerSnapshot { key: c.key.as_str().to_owned(), events: c.events.clone(), emitted })
     }
 
     /// Restores a customer's state from a checkpoint (replacing any it had), then re-arms its
@@ -551,7 +553,7 @@ impl Sessionizer {
     }
 
     fn new_slot(&mut self, customer: &str) -> usize {
-        let state = CustomerState { key: customer.to_string(), ..Default::default() };
+        let state = CustomerState { key: InlineStr::new(customer), ..Default::default() };
         let i = match self.free.pop() {
             Some(i) => {
                 self.customers[i] = state;
@@ -848,7 +850,7 @@ impl Sessionizer {
     pub fn take_customer(&mut self, customer: &str, out: &mut Vec<Emitted>) -> Vec<SessionEvent> {
         let Some(idx) = self.index.get(&self.customers, customer) else { return Vec::new() };
         self.index.remove(&self.customers, idx);
-        self.dirty_gone.insert(customer.to_string());
+        self.dirty_gone.insert(InlineStr::new(customer));
         let floor = self.version_floor;
         // Its timer entry, if any, stays behind and is skipped (the slot's `armed` is cleared).
         let state = std::mem::take(&mut self.customers[idx]);
