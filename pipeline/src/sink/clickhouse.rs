@@ -112,7 +112,9 @@ impl EventRow {
 /// ([`EventRow::fill_from`]) rather than freed, so that in a steady stream building a row
 /// copies the event's strings into buffers already there instead of allocating them: a fresh
 /// allocation hands out memory freed long before, a cache miss per string. The rows kept are
-/// those of the largest batch so far.
+/// those of the largest batch so far, which the processor bounds by `process.max_batch_rows`
+/// (50 000 by default; back-pressure stops reading while ClickHouse refuses a batch): some tens
+/// of megabytes at most, held for the next batches instead of given back.
 #[derive(Debug, Default)]
 pub struct EventRows {
     rows: Vec<EventRow>,
