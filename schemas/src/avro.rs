@@ -248,13 +248,7 @@ impl<'a> Reader<'a> {
                 }
                 Ok(())
             }
-            1 => {
-                let s = self.str()?;
-                let buf = out.get_or_insert_with(|| spare.take());
-                buf.clear();
-                buf.push_str(s);
-                Ok(())
-            }
+            1 => self.string_into(out.get_or_insert_with(|| spare.take())),
             _ => Err(malformed("union branch out of range")),
         }
     }

@@ -22,7 +22,7 @@ pub mod stitch;
 
 use crate::config::Config;
 use crate::detect::{DetectedHit, Detector, RuleSet};
-use crate::pii::{push_hex16, PseudonymCache, Pseudonymizer};
+use crate::pii::{PseudonymCache, Pseudonymizer, Pseudonyms};
 use crate::sessionize::{Admission, Emitted, SessionEvent, SessionParams, Sessionizer};
 use crate::sink::clickhouse::{batch_token, client, Backoff, ClickHouseSink, EventRows, HitRow, SessionRow};
 use crate::Error;
@@ -464,7 +464,7 @@ impl Processor {
         if accepted || moves > 0 {
             self.msisdn_hash.clear();
             if let Some(m) = event.msisdn.as_deref() {
-                push_hex16(&self.pseudo.digest(m), &mut self.msisdn_hash);
+                (&mut self.pseudo).pseudonym_into(m, &mut self.msisdn_hash);
             }
             self.event_rows.push(event, &customer, &self.msisdn_hash, moves);
             self.event_parts.push(partition);

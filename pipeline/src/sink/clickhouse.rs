@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// A row of `events` (field order and types match `sql/migrations`; checked by a test).
-#[derive(Debug, Clone, PartialEq, Eq, Row, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Row, Serialize, Deserialize)]
 pub struct EventRow {
     /// Event id.
     pub event_id: String,
@@ -52,26 +52,10 @@ pub struct EventRow {
 
 impl EventRow {
     /// The row for an accepted event of canonical customer `customer`.
-    pub fn new(e: &ChannelEvent, customer: &str, msisdn_hash: String, version: u64) -> EventRow {
-        let s = |o: &Option<String>| o.clone().unwrap_or_default();
-        EventRow {
-            event_id: e.event_id.clone(),
-            event_time: e.event_time,
-            ingest_time: e.ingest_time,
-            channel: e.channel.as_str().into(),
-            event_type: e.event_type.clone(),
-            customer_id: customer.to_string(),
-            crm_id: s(&e.customer_id),
-            msisdn_hash,
-            app_instance_id: s(&e.app_instance_id),
-            topic: s(&e.topic),
-            outcome: s(&e.outcome),
-            line: s(&e.line),
-            agent_id: s(&e.agent_id),
-            region: s(&e.region),
-            attrs: e.attrs.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-            version,
-        }
+    pub fn new(e: &ChannelEvent, customer: &str, msisdn_hash: &str, version: u64) -> EventRow {
+        let mut row = EventRow::default();
+        row.fill_from(e, customer, msisdn_hash, version);
+        row
     }
 
     /// [`EventRow::new`] into this row, every field overwritten, reusing its strings' buffers.
@@ -126,7 +110,7 @@ impl EventRows {
     pub fn push(&mut self, e: &ChannelEvent, customer: &str, msisdn_hash: &str, version: u64) {
         match self.rows.get_mut(self.len) {
             Some(row) => row.fill_from(e, customer, msisdn_hash, version),
-            None => self.rows.push(EventRow::new(e, customer, msisdn_hash.to_string(), version)),
+            None => self.rows.push(EventRow::new(e, customer, msisdn_hash, version)),
         }
         self.len += 1;
     }
@@ -511,7 +495,7 @@ mod tests {
                 let mut want = Vec::new();
                 for (e, customer, hash, version, keep) in batch {
                     rows.push(e, customer, hash, *version);
-                    want.push((EventRow::new(e, customer, hash.clone(), *version), *keep));
+                    want.push((EventRow::new(e, customer, hash, *version), *keep));
                 }
                 prop_assert_eq!(rows.len(), batch.len());
                 let mut keeps = want.iter().map(|(_, k)| *k);
