@@ -221,7 +221,9 @@ fn reference(specs: &[Spec], customer: &str, events: &[ChannelEvent]) -> Vec<Row
             }
             Kind::Abs(trigger, follower) => {
                 for (i, t) in sorted.iter().enumerate() {
-                    if !matches(trigger, t) || !all_same(&r.same, &[t]) {
+                    // No `same` test of the trigger alone: one lacking a field has no
+                    // follower (null equals nothing), so it is a hit.
+                    if !matches(trigger, t) {
                         continue;
                     }
                     let followed = sorted[i + 1..]

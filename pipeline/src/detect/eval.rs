@@ -467,9 +467,12 @@ fn same_eq<E: View>(same: &[SameField], a: &E, b: &E) -> bool {
 }
 
 /// Whether event `k` is a candidate end of the rule: it matches the completing predicate
-/// (last step, trigger, counted) and has every `same` field.
+/// (last step, trigger, counted) and, for a sequence or a count, has every `same` field (null
+/// equals nothing, so without one it pairs with no earlier step and counts not even itself).
+/// An absence trigger needs none: a follower must equal it on the `same` fields, so a trigger
+/// lacking one can have no follower, and its hit fires when its window has passed.
 pub(crate) fn completes<E: View>(r: &Compiled, m: &E) -> bool {
-    m.bits().has(r.completing) && same_present(&r.same, m)
+    m.bits().has(r.completing) && (matches!(r.shape, Shape::Absence { .. }) || same_present(&r.same, m))
 }
 
 /// Sequence ending at `k` (which must satisfy [`completes`]): the greedy chain of the latest

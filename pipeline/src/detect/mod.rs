@@ -15,7 +15,9 @@
 //!   events `m <= e` in `[e.time - within, e.time]`.
 //!
 //! `same = [fields]` requires those fields to be equal and non-null across the matched
-//! events; an event lacking one of them takes no part in the rule, in any role.
+//! events (null equals nothing): an event lacking one of them completes no sequence and no
+//! count and is counted by none, while an absence trigger lacking one has no possible
+//! follower, so it is a hit once its window has passed.
 //!
 //! The streaming [`Detector`] guarantees: for any arrival order in which no event is older
 //! than `watermark - horizon` when it arrives, the latest non-retracted version of every hit

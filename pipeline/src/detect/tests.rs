@@ -423,9 +423,11 @@ fn absence_boundaries_order_and_same() {
     // Same time: only a follower ordered after the trigger (larger id) counts.
     assert!(evaluate(&r, "k", &[t("t", 0, Some("a")), f("u", 0, Some("a"))]).is_empty());
     assert_eq!(evaluate(&r, "k", &[t("t", 0, Some("a")), f("s", 0, Some("a"))]).len(), 1);
-    // Different topic does not resolve; a trigger without a topic takes no part.
+    // Different topic does not resolve. Null equals nothing: a trigger without a topic has
+    // no follower, not even one without a topic either, so it is a hit.
     assert_eq!(evaluate(&r, "k", &[t("t", 0, Some("a")), f("f", 1, Some("b"))]).len(), 1);
-    assert!(evaluate(&r, "k", &[t("t", 0, None)]).is_empty());
+    assert_eq!(summary(&evaluate(&r, "k", &[t("t", 0, None)])), vec![("abs".into(), "t".into(), ids(&["t"]), 10)]);
+    assert_eq!(summary(&evaluate(&r, "k", &[t("t", 0, None), f("f", 1, None), f("g", 2, Some("a"))])).len(), 1);
     // An event both trigger and follower does not follow itself.
     let both = ev(&r, 0, "t", Channel::Chat, "contact.start", Some("a"), Some("resolved"));
     assert_eq!(evaluate(&r, "k", &[both]).len(), 1);
