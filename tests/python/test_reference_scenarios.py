@@ -1,12 +1,12 @@
 """Scenario hits checked against an independent evaluator written from the rule semantics
-alone (docs/SCENARIOS.md), in Python, sharing no code with the Rust detector.
+alone (`reference.py`, Python, sharing no code with the Rust detector).
 
-Generated journeys (with delayed and duplicated events, and some topics removed so that null
-`same` fields occur) are written to a file; `journey scenarios backtest --input` stitches and
-evaluates them; this module stitches them again (union-find over the identifiers) and
-evaluates every rule by the definitions: order by (event_time, event_id bytes), duplicates by
-id once, "within" inclusive, null never equal in `same`. Both must find exactly the same hits,
-with the same matched events and detection times, under the documented canonical customer.
+Generated journeys (with delayed and duplicated events, null topics, ties in time, windows met
+exactly and missed by a millisecond: see `reference.prepared_events`) are written to a file;
+`journey scenarios backtest --input` stitches and evaluates them; the reference stitches them
+again (union-find over the identifiers) and evaluates every rule by the definitions. Both must
+find exactly the same hits, with the same matched events and detection times, under the
+documented canonical customer.
 
 Needs the `journey` binary (JOURNEY_BIN) and JOURNEY_PII_KEY (scripts/test.sh sets both);
 without them the test fails, it never skips.
@@ -15,242 +15,13 @@ without them the test fails, it never skips.
 from __future__ import annotations
 
 import json
-import os
-import pathlib
-import random
-import subprocess
 import tomllib
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
-
-# Beyond the built-in set: three steps, lists, line, region, attributes, `same` on other
-# fields, a count and an absence with `same`.
-EXTRA_RULES = """
-[[rule]]
-name = "bot_ivr_agent"
-kind = "sequence"
-within = "2h"
-same = ["region"]
-steps = [{ channel = "VOICE_BOT" }, { channel = ["IVR", "APP"] }, { event_type = "contact.start", line = "front" }]
-
-[[rule]]
-name = "screen_then_chat"
-kind = "sequence"
-within = "45m"
-same = ["topic"]
-steps = [{ attrs = { screen = ["tariff_screen", "balance_screen", "roaming_screen"] } }, { channel = "CHAT" }]
-
-[[rule]]
-name = "same_channel_twice"
-kind = "sequence"
-within = "3d"
-same = ["channel", "topic"]
-steps = [{ outcome = ["abandoned", "transferred", "error"] }, { event_type = "contact.start" }]
-
-[[rule]]
-name = "topic_storm"
-kind = "count"
-within = "2d"
-at_least = 2
-same = ["topic"]
-match = { event_type = "contact.start", region = ["north", "central", "volga"] }
-
-[[rule]]
-name = "no_follow_up_in_region"
-kind = "absence"
-within = "6h"
-same = ["region"]
-trigger = { channel = "CONTACT_CENTRE", event_type = "contact.start" }
-followed_by = { channel = ["APP", "WEB"] }
-"""
-
-
-def journey_bin() -> str:
-    path = os.environ.get("JOURNEY_BIN")
-    assert path and os.access(path, os.X_OK), "set JOURNEY_BIN to the built journey binary (scripts/test.sh does)"
-    return path
-
-
-def run_journey(args: list[str]) -> str:
-    assert os.environ.get("JOURNEY_PII_KEY"), "set JOURNEY_PII_KEY (scripts/test.sh does)"
-    done = subprocess.run([journey_bin(), *args], cwd=REPO, check=True, timeout=600, capture_output=True, text=True)
-    return done.stdout
-
-
-def duration_ms(text: str) -> int:
-    units = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
-    for unit in ("ms", "s", "m", "h", "d"):
-        if text.endswith(unit) and text[: -len(unit)].isdigit():
-            return int(text[: -len(unit)]) * units[unit]
-    raise ValueError(text)
-
-
-# ---------------------------------------------------------------- the reference
-
-
-def field(e: dict, name: str):
-    """A `same` field of an event; None when missing (attrs.<key> reads the attribute)."""
-    if name.startswith("attrs."):
-        return (e.get("attrs") or {}).get(name[len("attrs."):])
-    return e.get(name)
-
-
-def matches(pred: dict, e: dict) -> bool:
-    for key, want in pred.items():
-        if key == "attrs":
-            for k, v in want.items():
-                got = (e.get("attrs") or {}).get(k)
-                if got is None or got not in (v if isinstance(v, list) else [v]):
-                    return False
-            continue
-        got = e.get(key)
-        if got is None or got not in (want if isinstance(want, list) else [want]):
-            return False
-    return True
-
-
-def same(fields: list[str], a: dict, b: dict) -> bool:
-    """Equal on every field, and null equals nothing (not even null)."""
-    return all(field(a, f) is not None and field(a, f) == field(b, f) for f in fields)
-
-
-def evaluate(rule: dict, evs: list[dict]) -> list[tuple]:
-    """Hits of one rule over one customer's sorted, distinct events, by the definitions:
-    (trigger id, detection time, matched ids)."""
-    within = duration_ms(rule["within"])
-    fields = rule.get("same", [])
-    out = []
-    if rule["kind"] == "sequence":
-        steps = rule["steps"]
-        for k, last in enumerate(evs):
-            if not matches(steps[-1], last):
-                continue
-            # The latest earlier event for each step, going backwards, all `same` as the last
-            # and no earlier than last.time - within: latest choices leave the most room for
-            # the steps before them, so a chain exists iff this one does.
-            chain, pos = [k], k
-            for step in reversed(steps[:-1]):
-                pos = next(
-                    (i for i in range(pos - 1, -1, -1)
-                     if evs[i]["event_time"] >= last["event_time"] - within
-                     and matches(step, evs[i]) and same(fields, evs[i], last)),
-                    None,
-                )
-                if pos is None:
-                    break
-                chain.append(pos)
-            if pos is not None:
-                out.append((last["event_id"], last["event_time"], tuple(evs[i]["event_id"] for i in reversed(chain))))
-    elif rule["kind"] == "absence":
-        for t, trig in enumerate(evs):
-            if not matches(rule["trigger"], trig):
-                continue
-            followed = any(
-                f["event_time"] - trig["event_time"] <= within and matches(rule["followed_by"], f) and same(fields, trig, f)
-                for f in evs[t + 1:]
-            )
-            if not followed:
-                out.append((trig["event_id"], trig["event_time"] + within, (trig["event_id"],)))
-    elif rule["kind"] == "count":
-        for k, e in enumerate(evs):
-            if not matches(rule["match"], e):
-                continue
-            counted = [m for m in evs[: k + 1]
-                       if e["event_time"] - m["event_time"] <= within and matches(rule["match"], m) and same(fields, m, e)]
-            if len(counted) >= rule["at_least"]:
-                out.append((e["event_id"], e["event_time"], tuple(m["event_id"] for m in counted)))
-    else:
-        raise ValueError(rule["kind"])
-    return out
-
-
-def customers(events: list[dict]) -> list[list[dict]]:
-    """Connected components of linked identifiers, each with its events."""
-    parent: dict[tuple, tuple] = {}
-
-    def root(x):
-        parent.setdefault(x, x)
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    def ids(e):
-        return [(k, e[k]) for k in ("customer_id", "msisdn", "app_instance_id") if e.get(k)]
-
-    for e in events:
-        first, *rest = ids(e)
-        for other in rest:
-            parent[root(other)] = root(first)
-    groups: dict[tuple, list[dict]] = {}
-    for e in events:
-        groups.setdefault(root(ids(e)[0]), []).append(e)
-    return list(groups.values())
-
-
-def canonical(evs: list[dict]) -> str:
-    """The documented canonical key, where it does not need the phone pseudonym's key."""
-    crm = sorted({e["customer_id"] for e in evs if e.get("customer_id")}, key=str.encode)
-    if crm:
-        return crm[0]
-    if any(e.get("msisdn") for e in evs):
-        return "m:"
-    return "a:" + min((e["app_instance_id"] for e in evs if e.get("app_instance_id")), key=str.encode)
-
-
-def window_edges(t0: int) -> list[dict]:
-    """Customers whose built-in scenarios complete exactly `within` after they start, and
-    others one millisecond later, so that both sides of every inclusive window occur."""
-    out = []
-    shapes = [
-        ("app_then_call", 30 * 60_000, [("APP", "screen.view", None), ("CONTACT_CENTRE", "contact.start", None)]),
-        ("ivr_to_agent", 10 * 60_000, [("IVR", "ivr.menu", None), ("CONTACT_CENTRE", "contact.start", None)]),
-        ("repeat_contact", 72 * 3_600_000, [("CHAT", "contact.start", None), ("RETAIL", "contact.start", None)]),
-        ("unresolved_contact", 48 * 3_600_000, [("CHAT", "contact.start", None), ("APP", "self_service.completed", "resolved")]),
-        ("contact_storm", 7 * 86_400_000, [("EMAIL", "contact.start", None), ("CHAT", "contact.start", None),
-                                           ("RETAIL", "contact.start", None)]),
-    ]
-    for name, within, steps in shapes:
-        for over in (0, 1):
-            customer = f"EDGE-{name}-{over}"
-            for i, (channel, event_type, outcome) in enumerate(steps):
-                # The first and the last step `within` (+ over) apart, any others between.
-                time = t0 if i == 0 else t0 + within + over if i == len(steps) - 1 else t0 + within // 2
-                e = {"event_id": f"{customer}-{i}", "event_time": time, "channel": channel, "event_type": event_type,
-                     "customer_id": customer, "topic": "edge"}
-                if outcome:
-                    e["outcome"] = outcome
-                out.append(e)
-    return out
-
-
-# ---------------------------------------------------------------- the test
-
+from reference import EXTRA_RULES, REPO, canonical, duration_ms, evaluate, prepared_events, run_journey, stitched
 
 def test_backtest_hits_equal_an_independent_evaluation(tmp_path):
     events_file = tmp_path / "events.jsonl"
-    run_journey(["generate", "--events", "30000", "--customers", "3000", "--days", "7", "--seed", "17",
-                 "--delayed-share", "0.1", "--duplicate-share", "0.03", "--malformed-share", "0",
-                 "--output", str(events_file)])
-    # Null topics, so that `same` meets missing values (the generator always sets one on
-    # contacts), and a third of the times cut to the whole minute, so that ties in time
-    # (ordered by id) and windows met exactly occur; the lines stay in generated (arrival)
-    # order.
-    rng = random.Random(5)
-    lines = []
-    changes: dict[str, tuple[bool, bool]] = {}
-    for line in events_file.read_text().splitlines():
-        e = json.loads(line)
-        # A duplicate is changed as its original was, so it stays a duplicate.
-        drop_topic, to_minute = changes.setdefault(e["event_id"], (rng.random() < 0.08, rng.random() < 0.33))
-        if drop_topic:
-            e.pop("topic", None)
-        if to_minute:
-            e["event_time"] -= e["event_time"] % 60_000
-        lines.append(json.dumps(e))
-    lines += [json.dumps(e) for e in window_edges(min(json.loads(line)["event_time"] for line in lines))]
-    events_file.write_text("\n".join(lines) + "\n")
-
+    lines = prepared_events(events_file, events=30000, population=3000, days=7, seed=17)
     rules_file = tmp_path / "rules.toml"
     rules_file.write_text((REPO / "config" / "scenarios.toml").read_text() + EXTRA_RULES)
     rules = tomllib.loads(rules_file.read_text())["rule"]
@@ -258,17 +29,10 @@ def test_backtest_hits_equal_an_independent_evaluation(tmp_path):
     report = json.loads(run_journey(["scenarios", "backtest", "--rules", str(rules_file), "--input", str(events_file),
                                      "--output", str(hits_file), "--json"]))
 
-    # The reference: distinct events by id, stitched, sorted by (time, id bytes).
-    distinct: dict[str, dict] = {}
-    for line in lines:
-        e = json.loads(line)
-        distinct.setdefault(e["event_id"], e)
+    components = stitched(lines)
     want = set()
     keys = {}
-    components = customers(list(distinct.values()))
-    n_customers = len(components)
     for evs in components:
-        evs.sort(key=lambda e: (e["event_time"], e["event_id"].encode()))
         key = canonical(evs)
         for rule in rules:
             for trigger, time, matched in evaluate(rule, evs):
@@ -286,17 +50,24 @@ def test_backtest_hits_equal_an_independent_evaluation(tmp_path):
 
     assert len(got) == len(hits_file.read_text().splitlines()), "one line per hit"
     assert got == want, (sorted(got - want)[:5], sorted(want - got)[:5])
-    # Every rule took part, so none of them is compared on nothing; null topics did too.
     per_rule = {r["name"]: 0 for r in rules}
     for rule, *_ in want:
         per_rule[rule] += 1
-    assert not [r for r, n in per_rule.items() if n == 0], per_rule
     assert {r: c["hits"] for r, c in report["rules"].items()} == per_rule
-    assert report["customers"] == n_customers
-    # Ties in time and windows met exactly took part.
+    assert report["customers"] == len(components)
+    assert_covered(rules, components, want)
+
+
+def assert_covered(rules: list[dict], components: list[list[dict]], hits: set[tuple]) -> None:
+    """What the comparison must have met: every rule with hits, ties in time, windows met
+    exactly, and absence triggers without the `same` field."""
+    per_rule = {r["name"]: 0 for r in rules}
+    for rule, *_ in hits:
+        per_rule[rule] += 1
+    assert not [r for r, n in per_rule.items() if n == 0], per_rule
     times = [(e["event_time"], cid) for cid, evs in enumerate(components) for e in evs]
     assert len(times) > len(set(times)), "no two events of a customer at the same time"
     exact = {duration_ms(r["within"]) for r in rules}
     assert any(e["event_time"] - m["event_time"] in exact for evs in components for e in evs for m in evs), "no window met exactly"
-    nameless = {e["event_id"] for e in distinct.values() if e["event_type"] == "contact.start" and e.get("topic") is None}
-    assert any(rule == "unresolved_contact" and trigger in nameless for rule, trigger, *_ in want)
+    nameless = {e["event_id"] for evs in components for e in evs if e["event_type"] == "contact.start" and e.get("topic") is None}
+    assert any(rule == "unresolved_contact" and trigger in nameless for rule, trigger, *_ in hits)

@@ -1,0 +1,100 @@
+"""The whole pipeline checked from outside: a file of events it has never seen goes through
+`journey replay` -> Kafka -> `journey process` -> ClickHouse, and what ClickHouse then holds
+(`events_current`, `sessions_current`, `scenario_hits_current`) must equal what the
+independent Python reference (`reference.py`) computes from the same file in batch.
+
+The file: generated journeys over two days with anonymous app installs that log in later,
+delayed and duplicated events, null topics, ties in time and windows met exactly or missed by
+a millisecond (`reference.prepared_events`). The correction horizon covers the whole data
+set, so every late event and every late identity link still corrects the results, as the
+issue requires: the live result must be the batch one.
+
+Needs the `journey` binary (JOURNEY_BIN), a Kafka broker (JOURNEY_TEST_KAFKA), ClickHouse
+(JOURNEY_TEST_CLICKHOUSE) and JOURNEY_PII_KEY; scripts/test.sh provides them all, and a
+missing one fails the test, it never skips.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+import urllib.parse
+import urllib.request
+import uuid
+
+from reference import EXTRA_RULES, REPO, canonical, evaluate, prepared_events, run_journey, sessions, stitched
+from test_reference_scenarios import assert_covered
+
+BROKERS = os.environ.get("JOURNEY_TEST_KAFKA", "127.0.0.1:9092")
+CLICKHOUSE = os.environ.get("JOURNEY_TEST_CLICKHOUSE", "http://127.0.0.1:8123")
+GAP_MS = 30 * 60_000
+MAX_DURATION_MS = 24 * 3_600_000
+
+
+def query(database: str, sql: str) -> list[dict]:
+    url = CLICKHOUSE + "/?" + urllib.parse.urlencode({"database": database, "query": sql + " FORMAT JSONEachRow"})
+    with urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=60) as r:
+        return [json.loads(line) for line in r.read().decode().splitlines() if line]
+
+
+def test_clickhouse_holds_what_an_independent_batch_computation_gives(tmp_path):
+    events_file = tmp_path / "events.jsonl"
+    lines = prepared_events(events_file, events=12000, population=800, days=2, seed=29)
+    rules_file = tmp_path / "rules.toml"
+    rules_file.write_text((REPO / "config" / "scenarios.toml").read_text() + EXTRA_RULES)
+    rules = tomllib.loads(rules_file.read_text())["rule"]
+
+    run_id = "t_ref_" + uuid.uuid4().hex[:10]
+    env = {
+        "JOURNEY__KAFKA__BROKERS": BROKERS,
+        "JOURNEY__CLICKHOUSE__URL": CLICKHOUSE,
+        "JOURNEY__CLICKHOUSE__DATABASE": run_id,
+        "JOURNEY__TOPICS__PARTITIONS": "3",
+        "JOURNEY__PROCESS__GROUP_ID": run_id + "-group",
+        "JOURNEY__PROCESS__IDLE_TIMEOUT": "2s",
+        "JOURNEY__PROCESS__FLUSH_INTERVAL": "500ms",
+        # The edge customers span seven days: the whole file stays within the horizon.
+        "JOURNEY__PROCESS__CORRECTION_HORIZON": "10d",
+        "JOURNEY__PROCESS__METRICS_ADDR": '""',
+        "JOURNEY__DETECT__RULES": str(rules_file),
+    }
+    for topic in ("raw", "dlq", "sessions", "scenarios", "late", "keyed", "identity", "state"):
+        env[f"JOURNEY__TOPICS__{topic.upper()}"] = f"{run_id}.{topic}"
+    run_journey(["topics", "create"], env)
+    run_journey(["migrate"], env)
+    run_journey(["replay", str(events_file)], env)
+    run_journey(["process", "--exit-when-idle", "8s"], env, timeout=900)
+
+    components = stitched(lines)
+    # events_current: every distinct event once, and each reference customer under one key of
+    # its own (its canonical key, where that does not need the phone pseudonym's key).
+    in_events = {r["event_id"]: r["customer_id"] for r in query(run_id, "SELECT event_id, customer_id FROM events_current")}
+    assert sum(len(evs) for evs in components) == len(in_events) == sum(1 for _ in query(run_id, "SELECT 1 FROM events_current"))
+    key_of = []
+    for evs in components:
+        keys = {in_events.get(e["event_id"]) for e in evs}
+        assert len(keys) == 1 and None not in keys, keys
+        key = keys.pop()
+        want = canonical(evs)
+        assert key == want or (want == "m:" and key.startswith("m:")), (key, want)
+        key_of.append(key)
+    assert len(set(key_of)) == len(components), "two customers under one key"
+
+    want_sessions = {(key, *s) for key, evs in zip(key_of, components) for s in sessions(evs, GAP_MS, MAX_DURATION_MS)}
+    got_sessions = {
+        (r["customer_id"], int(r["s"]), int(r["e"]), int(r["event_count"]), r["path"])
+        for r in query(run_id, "SELECT customer_id, toUnixTimestamp64Milli(start_time) AS s, "
+                               "toUnixTimestamp64Milli(end_time) AS e, event_count, path FROM sessions_current")
+    }
+    assert got_sessions == want_sessions, (sorted(got_sessions - want_sessions)[:5], sorted(want_sessions - got_sessions)[:5])
+    assert any(s[3] > 1 and ">" in s[4] for s in want_sessions), "no session crossed channels"
+
+    want_hits = {(rule["name"], key, *hit) for key, evs in zip(key_of, components) for rule in rules for hit in evaluate(rule, evs)}
+    got_hits = {
+        (r["rule"], r["customer_id"], r["trigger_event_id"], int(r["t"]), tuple(r["matched_event_ids"]))
+        for r in query(run_id, "SELECT rule, customer_id, trigger_event_id, toUnixTimestamp64Milli(event_time) AS t, "
+                               "matched_event_ids FROM scenario_hits_current")
+    }
+    assert got_hits == want_hits, (sorted(got_hits - want_hits)[:5], sorted(want_hits - got_hits)[:5])
+    assert_covered(rules, components, {(rule, trigger, *rest) for rule, _, trigger, *rest in want_hits})
