@@ -33,9 +33,13 @@ MAX_DURATION_MS = 24 * 3_600_000
 
 
 def query(database: str, sql: str) -> list[dict]:
-    url = CLICKHOUSE + "/?" + urllib.parse.urlencode({"database": database, "query": sql + " FORMAT JSONEachRow"})
+    return [json.loads(line) for line in execute(database, sql + " FORMAT JSONEachRow").splitlines() if line]
+
+
+def execute(database: str, sql: str) -> str:
+    url = CLICKHOUSE + "/?" + urllib.parse.urlencode({"database": database, "query": sql})
     with urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=60) as r:
-        return [json.loads(line) for line in r.read().decode().splitlines() if line]
+        return r.read().decode()
 
 
 def test_clickhouse_holds_what_an_independent_batch_computation_gives(tmp_path):
@@ -61,6 +65,15 @@ def test_clickhouse_holds_what_an_independent_batch_computation_gives(tmp_path):
     }
     for topic in ("raw", "dlq", "sessions", "scenarios", "late", "keyed", "identity", "state"):
         env[f"JOURNEY__TOPICS__{topic.upper()}"] = f"{run_id}.{topic}"
+    try:
+        run_and_compare(env, run_id, events_file, lines, rules)
+    finally:
+        # The topics go with the broker, which the test script starts empty.
+        execute("default", f"DROP DATABASE IF EXISTS {run_id}")
+
+
+def run_and_compare(env: dict[str, str], run_id: str, events_file, lines: list[str], rules: list[dict]) -> None:
+    """Runs the pipeline on `events_file` into database `run_id`, then compares."""
     run_journey(["topics", "create"], env)
     run_journey(["migrate"], env)
     run_journey(["replay", str(events_file)], env)
