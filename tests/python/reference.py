@@ -13,6 +13,7 @@ import pathlib
 import random
 import subprocess
 import time
+import tomllib
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -71,6 +72,12 @@ same = ["region"]
 trigger = { channel = "CONTACT_CENTRE", event_type = "contact.start" }
 followed_by = { channel = ["APP", "WEB"] }
 """
+
+
+def rule_file(path: pathlib.Path) -> list[dict]:
+    """Writes the built-in rules and `EXTRA_RULES` to `path` and returns them parsed."""
+    path.write_text((REPO / "config" / "scenarios.toml").read_text() + EXTRA_RULES)
+    return tomllib.loads(path.read_text())["rule"]
 
 
 def duration_ms(text: str) -> int:
@@ -196,7 +203,8 @@ def canonical(evs: list[dict]) -> str:
 
 def window_edges(t0: int) -> list[dict]:
     """Customers whose built-in scenarios complete exactly `within` after they start, and
-    others one millisecond later, so that both sides of every inclusive window occur."""
+    others one millisecond later, so that both sides of every inclusive window occur; and one
+    whose session meets `max_duration`."""
     out = []
     shapes = [
         ("app_then_call", 30 * 60_000, [("APP", "screen.view", None), ("CONTACT_CENTRE", "contact.start", None)]),
@@ -217,6 +225,12 @@ def window_edges(t0: int) -> list[dict]:
                 if outcome:
                     e["outcome"] = outcome
                 out.append(e)
+    # A customer active every 20 minutes for 25 hours: its session is cut at max_duration
+    # (24 h), the event exactly 24 h after the first one still inside it.
+    channels = ["APP", "WEB", "CHAT", "APP", "IVR"]
+    for i in range(76):
+        out.append({"event_id": f"EDGE-long-{i:03}", "event_time": t0 + i * 20 * 60_000, "channel": channels[i % 5],
+                    "event_type": "screen.view", "customer_id": "EDGE-long"})
     # In time order, so that a live pipeline reading them after the generated events meets
     # none older than the watermark by more than the span of the generated data.
     return sorted(out, key=lambda e: e["event_time"])

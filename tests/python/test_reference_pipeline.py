@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import json
 import os
-import tomllib
 import urllib.parse
 import urllib.request
 import uuid
 
-from reference import EXTRA_RULES, REPO, canonical, evaluate, prepared_events, run_journey, sessions, stitched
+from reference import canonical, evaluate, prepared_events, rule_file, run_journey, sessions, stitched
 from test_reference_scenarios import assert_covered
 
 BROKERS = os.environ.get("JOURNEY_TEST_KAFKA", "127.0.0.1:9092")
@@ -46,8 +45,7 @@ def test_clickhouse_holds_what_an_independent_batch_computation_gives(tmp_path):
     events_file = tmp_path / "events.jsonl"
     lines = prepared_events(events_file, events=12000, population=800, days=2, seed=29)
     rules_file = tmp_path / "rules.toml"
-    rules_file.write_text((REPO / "config" / "scenarios.toml").read_text() + EXTRA_RULES)
-    rules = tomllib.loads(rules_file.read_text())["rule"]
+    rules = rule_file(rules_file)
 
     run_id = "t_ref_" + uuid.uuid4().hex[:10]
     env = {
@@ -102,6 +100,7 @@ def run_and_compare(env: dict[str, str], run_id: str, events_file, lines: list[s
     }
     assert got_sessions == want_sessions, (sorted(got_sessions - want_sessions)[:5], sorted(want_sessions - got_sessions)[:5])
     assert any(s[3] > 1 and ">" in s[4] for s in want_sessions), "no session crossed channels"
+    assert any(s[2] - s[1] == MAX_DURATION_MS for s in want_sessions), "no session met max_duration"
 
     want_hits = {(rule["name"], key, *hit) for key, evs in zip(key_of, components) for rule in rules for hit in evaluate(rule, evs)}
     got_hits = {

@@ -15,16 +15,15 @@ without them the test fails, it never skips.
 from __future__ import annotations
 
 import json
-import tomllib
 
-from reference import EXTRA_RULES, REPO, canonical, duration_ms, evaluate, prepared_events, run_journey, stitched
+from reference import canonical, duration_ms, evaluate, prepared_events, rule_file, run_journey, stitched
+
 
 def test_backtest_hits_equal_an_independent_evaluation(tmp_path):
     events_file = tmp_path / "events.jsonl"
     lines = prepared_events(events_file, events=30000, population=3000, days=7, seed=17)
     rules_file = tmp_path / "rules.toml"
-    rules_file.write_text((REPO / "config" / "scenarios.toml").read_text() + EXTRA_RULES)
-    rules = tomllib.loads(rules_file.read_text())["rule"]
+    rules = rule_file(rules_file)
     hits_file = tmp_path / "hits.jsonl"
     report = json.loads(run_journey(["scenarios", "backtest", "--rules", str(rules_file), "--input", str(events_file),
                                      "--output", str(hits_file), "--json"]))
