@@ -203,8 +203,8 @@ def canonical(evs: list[dict]) -> str:
 
 def window_edges(t0: int) -> list[dict]:
     """Customers whose built-in scenarios complete exactly `within` after they start, and
-    others one millisecond later, so that both sides of every inclusive window occur; and one
-    whose session meets `max_duration`."""
+    others one millisecond later, so that both sides of every inclusive window occur; one
+    whose session meets `max_duration`; two that a later link merges."""
     out = []
     shapes = [
         ("app_then_call", 30 * 60_000, [("APP", "screen.view", None), ("CONTACT_CENTRE", "contact.start", None)]),
@@ -231,23 +231,35 @@ def window_edges(t0: int) -> list[dict]:
     for i in range(76):
         out.append({"event_id": f"EDGE-long-{i:03}", "event_time": t0 + i * 20 * 60_000, "channel": channels[i % 5],
                     "event_type": "screen.view", "customer_id": "EDGE-long"})
+    # Two CRM customers active at the same time, then linked by a phone both use: one
+    # customer from then on, under the smaller id, with the other's sessions merged in.
+    for i in range(6):
+        for who in ("a", "b"):
+            out.append({"event_id": f"EDGE-merge-{who}-{i}", "event_time": t0 + 3_600_000 + i * 5 * 60_000 + (who == "b") * 60_000,
+                        "channel": "APP" if who == "a" else "WEB", "event_type": "screen.view", "customer_id": f"EDGE-merge-{who}"})
+    for i, who in enumerate(("b", "a")):
+        out.append({"event_id": f"EDGE-merge-link-{who}", "event_time": t0 + 3_600_000 + (40 + 5 * i) * 60_000,
+                    "channel": "CONTACT_CENTRE", "event_type": "contact.start", "customer_id": f"EDGE-merge-{who}",
+                    "msisdn": "70000000042", "topic": "edge"})
     # In time order, so that a live pipeline reading them after the generated events meets
     # none older than the watermark by more than the span of the generated data.
     return sorted(out, key=lambda e: e["event_time"])
 
 
-def prepared_events(path: pathlib.Path, *, events: int, population: int, days: int, seed: int) -> list[str]:
+def prepared_events(path: pathlib.Path, *, events: int, population: int, days: int, seed: int,
+                    delayed_share: float = 0.1, env: dict[str, str] | None = None) -> list[str]:
     """Generated journeys, changed in ways the generator never does, written to `path` as JSON
     lines (arrival order) and returned: delayed and duplicated events; 8% of events without a
     topic, so that `same` meets nulls (the generator always sets one on contacts); a third of
     the times cut to the whole minute, so that ties in time (ordered by id) and windows met
-    exactly occur; then the customers of `window_edges`."""
+    exactly occur; then the customers of `window_edges`. `env` reaches the generator (its
+    `[generator]` settings: `JOURNEY__GENERATOR__DISORDER__MAX_DELAY`, ...)."""
     # Eight days before today's midnight, so that the latest edge customer (a week after the
     # start) is still in the past.
     start = (int(time.time()) // 86_400 - 8) * 86_400_000
     run_journey(["generate", "--events", str(events), "--customers", str(population), "--days", str(days),
-                 "--start", str(start), "--seed", str(seed), "--delayed-share", "0.1", "--duplicate-share", "0.03",
-                 "--malformed-share", "0", "--output", str(path)])
+                 "--start", str(start), "--seed", str(seed), "--delayed-share", str(delayed_share), "--duplicate-share", "0.03",
+                 "--malformed-share", "0", "--output", str(path)], env)
     rng = random.Random(seed)
     lines = []
     changes: dict[str, tuple[bool, bool]] = {}

@@ -42,8 +42,15 @@ def execute(database: str, sql: str) -> str:
 
 
 def test_clickhouse_holds_what_an_independent_batch_computation_gives(tmp_path):
+    check_pipeline(tmp_path, seed=29)
+
+
+def check_pipeline(tmp_path, *, seed: int, delayed_share: float = 0.1, generator: dict[str, str] | None = None,
+                   partitions: int = 3) -> None:
+    """The comparison, on data generated with `seed` (and `generator` settings)."""
     events_file = tmp_path / "events.jsonl"
-    lines = prepared_events(events_file, events=12000, population=800, days=2, seed=29)
+    lines = prepared_events(events_file, events=12000, population=800, days=2, seed=seed, delayed_share=delayed_share,
+                            env=generator)
     rules_file = tmp_path / "rules.toml"
     rules = rule_file(rules_file)
 
@@ -52,7 +59,7 @@ def test_clickhouse_holds_what_an_independent_batch_computation_gives(tmp_path):
         "JOURNEY__KAFKA__BROKERS": BROKERS,
         "JOURNEY__CLICKHOUSE__URL": CLICKHOUSE,
         "JOURNEY__CLICKHOUSE__DATABASE": run_id,
-        "JOURNEY__TOPICS__PARTITIONS": "3",
+        "JOURNEY__TOPICS__PARTITIONS": str(partitions),
         "JOURNEY__PROCESS__GROUP_ID": run_id + "-group",
         "JOURNEY__PROCESS__IDLE_TIMEOUT": "2s",
         "JOURNEY__PROCESS__FLUSH_INTERVAL": "500ms",
@@ -91,6 +98,7 @@ def run_and_compare(env: dict[str, str], run_id: str, events_file, lines: list[s
         assert key == want or (want == "m:" and key.startswith("m:")), (key, want)
         key_of.append(key)
     assert len(set(key_of)) == len(components), "two customers under one key"
+    assert in_events["EDGE-merge-b-0"] == "EDGE-merge-a", "a late link merged no customers"
 
     want_sessions = {(key, *s) for key, evs in zip(key_of, components) for s in sessions(evs, GAP_MS, MAX_DURATION_MS)}
     got_sessions = {
