@@ -293,7 +293,9 @@ def stitched(lines: list[str]) -> list[list[dict]]:
 def sessions(evs: list[dict], gap_ms: int, max_duration_ms: int) -> list[tuple]:
     """Sessions of one customer's sorted events: maximal runs whose consecutive events are
     less than `gap_ms` apart, split before the first event more than `max_duration_ms` after
-    the run's first one. Each as (start, end, event count, channel path)."""
+    the run's first one. Each as (start, end, duration, event count, channel path, distinct
+    channels and topics in order of first appearance, whether it holds an assisted contact:
+    an event of type `contact.start`)."""
     runs: list[list[dict]] = []
     for e in evs:
         run = runs[-1] if runs else None
@@ -307,5 +309,9 @@ def sessions(evs: list[dict], gap_ms: int, max_duration_ms: int) -> list[tuple]:
         for e in run[1:]:
             if e["channel"] != path[-1]:
                 path.append(e["channel"])
-        out.append((run[0]["event_time"], run[-1]["event_time"], len(run), ">".join(path)))
+        channels = tuple(dict.fromkeys(e["channel"] for e in run))
+        topics = tuple(dict.fromkeys(e["topic"] for e in run if e.get("topic") is not None))
+        assisted = any(e["event_type"] == "contact.start" for e in run)
+        start, end = run[0]["event_time"], run[-1]["event_time"]
+        out.append((start, end, end - start, len(run), ">".join(path), channels, topics, assisted))
     return out

@@ -102,13 +102,15 @@ def run_and_compare(env: dict[str, str], run_id: str, events_file, lines: list[s
 
     want_sessions = {(key, *s) for key, evs in zip(key_of, components) for s in sessions(evs, GAP_MS, MAX_DURATION_MS)}
     got_sessions = {
-        (r["customer_id"], int(r["s"]), int(r["e"]), int(r["event_count"]), r["path"])
+        (r["customer_id"], int(r["s"]), int(r["e"]), int(r["duration_ms"]), int(r["event_count"]), r["path"],
+         tuple(r["channels"]), tuple(r["topics"]), bool(r["assisted"]))
         for r in query(run_id, "SELECT customer_id, toUnixTimestamp64Milli(start_time) AS s, "
-                               "toUnixTimestamp64Milli(end_time) AS e, event_count, path FROM sessions_current")
+                               "toUnixTimestamp64Milli(end_time) AS e, duration_ms, event_count, path, channels, topics, "
+                               "assisted FROM sessions_current")
     }
     assert got_sessions == want_sessions, (sorted(got_sessions - want_sessions)[:5], sorted(want_sessions - got_sessions)[:5])
-    assert any(s[3] > 1 and ">" in s[4] for s in want_sessions), "no session crossed channels"
-    assert any(s[2] - s[1] == MAX_DURATION_MS for s in want_sessions), "no session met max_duration"
+    assert any(s[4] > 1 and ">" in s[5] for s in want_sessions), "no session crossed channels"
+    assert any(s[3] == MAX_DURATION_MS for s in want_sessions), "no session met max_duration"
 
     want_hits = {(rule["name"], key, *hit) for key, evs in zip(key_of, components) for rule in rules for hit in evaluate(rule, evs)}
     got_hits = {
