@@ -112,11 +112,36 @@ def run_and_compare(env: dict[str, str], run_id: str, events_file, lines: list[s
     assert any(s[4] > 1 and ">" in s[5] for s in want_sessions), "no session crossed channels"
     assert any(s[3] == MAX_DURATION_MS for s in want_sessions), "no session met max_duration"
 
-    want_hits = {(rule["name"], key, *hit) for key, evs in zip(key_of, components) for rule in rules for hit in evaluate(rule, evs)}
+    # Hits, with what leads from a hit to the journey: the session of its trigger event (by
+    # the session's customer and start), the channel path of the matched events, the
+    # trigger's topic and the rule's severity.
+    session_start = {}
+    for evs in components:
+        # An event is in the latest session that starts at or before it (a session's events
+        # all come before the next session's first one).
+        for start, *_ in reversed(sessions(evs, GAP_MS, MAX_DURATION_MS)):
+            for e in evs:
+                if start <= e["event_time"] and e["event_id"] not in session_start:
+                    session_start[e["event_id"]] = start
+    by_id = {e["event_id"]: e for evs in components for e in evs}
+
+    def path(ids: tuple) -> str:
+        channels = [by_id[i]["channel"] for i in ids]
+        return ">".join(c for k, c in enumerate(channels) if k == 0 or c != channels[k - 1])
+
+    want_hits = set()
+    for key, evs in zip(key_of, components):
+        for rule in rules:
+            for trigger, time, matched in evaluate(rule, evs):
+                want_hits.add((rule["name"], key, trigger, time, matched, path(matched), by_id[trigger].get("topic") or "",
+                               rule.get("severity", "warning"), (key, session_start[trigger])))
+    starts = {r["session_id"]: (r["customer_id"], int(r["s"]))
+              for r in query(run_id, "SELECT session_id, customer_id, toUnixTimestamp64Milli(start_time) AS s FROM sessions_current")}
     got_hits = {
-        (r["rule"], r["customer_id"], r["trigger_event_id"], int(r["t"]), tuple(r["matched_event_ids"]))
+        (r["rule"], r["customer_id"], r["trigger_event_id"], int(r["t"]), tuple(r["matched_event_ids"]), r["path"], r["topic"],
+         r["severity"], starts.get(r["session_id"]))
         for r in query(run_id, "SELECT rule, customer_id, trigger_event_id, toUnixTimestamp64Milli(event_time) AS t, "
-                               "matched_event_ids FROM scenario_hits_current")
+                               "matched_event_ids, path, topic, severity, session_id FROM scenario_hits_current")
     }
     assert got_hits == want_hits, (sorted(got_hits - want_hits)[:5], sorted(want_hits - got_hits)[:5])
     assert_covered(rules, components, {(rule, trigger, *rest) for rule, _, trigger, *rest in want_hits})
