@@ -1,7 +1,9 @@
 """The whole pipeline checked from outside: a file of events it has never seen goes through
 `journey replay` -> Kafka -> `journey process` -> ClickHouse, and what ClickHouse then holds
-(`events_current`, `sessions_current`, `scenario_hits_current`) must equal what the
-independent Python reference (`reference.py`) computes from the same file in batch.
+(`events_current`, `sessions_current`, `scenario_hits_current`, and the dashboards' rollups
+`flow_minute_current`, `events_minute_current`, `scenario_minute_current` once refreshed)
+must equal what the independent Python reference (`reference.py`) computes from the same file
+in batch.
 
 The file: generated journeys over two days with anonymous app installs that log in later,
 delayed and duplicated events, null topics, ties in time and windows met exactly or missed by
@@ -16,29 +18,36 @@ missing one fails the test, it never skips.
 
 from __future__ import annotations
 
-import json
 import os
-import urllib.parse
-import urllib.request
 import uuid
 
 from reference import canonical, evaluate, prepared_events, rule_file, run_journey, sessions, stitched
+from sqlgen_db import ClickHouse, server_url
 from test_reference_scenarios import assert_covered
 
 BROKERS = os.environ.get("JOURNEY_TEST_KAFKA", "127.0.0.1:9092")
-CLICKHOUSE = os.environ.get("JOURNEY_TEST_CLICKHOUSE", "http://127.0.0.1:8123")
 GAP_MS = 30 * 60_000
 MAX_DURATION_MS = 24 * 3_600_000
 
 
-def query(database: str, sql: str) -> list[dict]:
-    return [json.loads(line) for line in execute(database, sql + " FORMAT JSONEachRow").splitlines() if line]
-
-
-def execute(database: str, sql: str) -> str:
-    url = CLICKHOUSE + "/?" + urllib.parse.urlencode({"database": database, "query": sql})
-    with urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=60) as r:
-        return r.read().decode()
+def reference_flows(components: list[list[dict]]) -> dict[tuple, tuple[int, float]]:
+    """The process map: per minute (of the later event) and pair of channels, the changes of
+    channel between consecutive events of a session, and the median time between the two
+    (the mean of the two middle values for an even count)."""
+    gaps: dict[tuple, list[int]] = {}
+    for evs in components:
+        for start, end, *_ in sessions(evs, GAP_MS, MAX_DURATION_MS):
+            run = [e for e in evs if start <= e["event_time"] <= end]
+            for a, b in zip(run, run[1:]):
+                if a["channel"] != b["channel"]:
+                    gaps.setdefault((b["event_time"] // 60_000 * 60, a["channel"], b["channel"]), []).append(
+                        b["event_time"] - a["event_time"])
+    out = {}
+    for k, g in gaps.items():
+        g.sort()
+        mid = len(g) // 2
+        out[k] = (len(g), float(g[mid]) if len(g) % 2 else (g[mid - 1] + g[mid]) / 2)
+    return out
 
 
 def test_clickhouse_holds_what_an_independent_batch_computation_gives(tmp_path):
@@ -57,7 +66,7 @@ def check_pipeline(tmp_path, *, seed: int, delayed_share: float = 0.1, generator
     run_id = "t_ref_" + uuid.uuid4().hex[:10]
     env = {
         "JOURNEY__KAFKA__BROKERS": BROKERS,
-        "JOURNEY__CLICKHOUSE__URL": CLICKHOUSE,
+        "JOURNEY__CLICKHOUSE__URL": server_url(),
         "JOURNEY__CLICKHOUSE__DATABASE": run_id,
         "JOURNEY__TOPICS__PARTITIONS": str(partitions),
         "JOURNEY__PROCESS__GROUP_ID": run_id + "-group",
@@ -74,7 +83,7 @@ def check_pipeline(tmp_path, *, seed: int, delayed_share: float = 0.1, generator
         run_and_compare(env, run_id, events_file, lines, rules)
     finally:
         # The topics go with the broker, which the test script starts empty.
-        execute("default", f"DROP DATABASE IF EXISTS {run_id}")
+        ClickHouse(server_url(), "default").execute(f"DROP DATABASE IF EXISTS {run_id}")
 
 
 def run_and_compare(env: dict[str, str], run_id: str, events_file, lines: list[str], rules: list[dict]) -> None:
@@ -85,10 +94,11 @@ def run_and_compare(env: dict[str, str], run_id: str, events_file, lines: list[s
     run_journey(["process", "--exit-when-idle", "8s"], env, timeout=900)
 
     components = stitched(lines)
+    ch = ClickHouse(server_url(), run_id)
     # events_current: every distinct event once, and each reference customer under one key of
     # its own (its canonical key, where that does not need the phone pseudonym's key).
-    in_events = {r["event_id"]: r["customer_id"] for r in query(run_id, "SELECT event_id, customer_id FROM events_current")}
-    assert sum(len(evs) for evs in components) == len(in_events) == sum(1 for _ in query(run_id, "SELECT 1 FROM events_current"))
+    in_events = {r["event_id"]: r["customer_id"] for r in ch.rows("SELECT event_id, customer_id FROM events_current")}
+    assert sum(len(evs) for evs in components) == len(in_events) == sum(1 for _ in ch.rows("SELECT 1 FROM events_current"))
     key_of = []
     for evs in components:
         keys = {in_events.get(e["event_id"]) for e in evs}
@@ -102,9 +112,9 @@ def run_and_compare(env: dict[str, str], run_id: str, events_file, lines: list[s
 
     want_sessions = {(key, *s) for key, evs in zip(key_of, components) for s in sessions(evs, GAP_MS, MAX_DURATION_MS)}
     got_sessions = {
-        (r["customer_id"], int(r["s"]), int(r["e"]), int(r["duration_ms"]), int(r["event_count"]), r["path"],
-         tuple(r["channels"]), tuple(r["topics"]), bool(r["assisted"]))
-        for r in query(run_id, "SELECT customer_id, toUnixTimestamp64Milli(start_time) AS s, "
+        (r["customer_id"], r["s"], r["e"], r["duration_ms"], r["event_count"], r["path"],
+         tuple(r["channels"]), tuple(r["topics"]), r["assisted"])
+        for r in ch.rows("SELECT customer_id, toUnixTimestamp64Milli(start_time) AS s, "
                                "toUnixTimestamp64Milli(end_time) AS e, duration_ms, event_count, path, channels, topics, "
                                "assisted FROM sessions_current")
     }
@@ -135,13 +145,39 @@ def run_and_compare(env: dict[str, str], run_id: str, events_file, lines: list[s
             for trigger, time, matched in evaluate(rule, evs):
                 want_hits.add((rule["name"], key, trigger, time, matched, path(matched), by_id[trigger].get("topic") or "",
                                rule.get("severity", "warning"), (key, session_start[trigger])))
-    starts = {r["session_id"]: (r["customer_id"], int(r["s"]))
-              for r in query(run_id, "SELECT session_id, customer_id, toUnixTimestamp64Milli(start_time) AS s FROM sessions_current")}
+    starts = {r["session_id"]: (r["customer_id"], r["s"])
+              for r in ch.rows("SELECT session_id, customer_id, toUnixTimestamp64Milli(start_time) AS s FROM sessions_current")}
     got_hits = {
-        (r["rule"], r["customer_id"], r["trigger_event_id"], int(r["t"]), tuple(r["matched_event_ids"]), r["path"], r["topic"],
+        (r["rule"], r["customer_id"], r["trigger_event_id"], r["t"], tuple(r["matched_event_ids"]), r["path"], r["topic"],
          r["severity"], starts.get(r["session_id"]))
-        for r in query(run_id, "SELECT rule, customer_id, trigger_event_id, toUnixTimestamp64Milli(event_time) AS t, "
+        for r in ch.rows("SELECT rule, customer_id, trigger_event_id, toUnixTimestamp64Milli(event_time) AS t, "
                                "matched_event_ids, path, topic, severity, session_id FROM scenario_hits_current")
     }
     assert got_hits == want_hits, (sorted(got_hits - want_hits)[:5], sorted(want_hits - got_hits)[:5])
+
+    # What the dashboards read: the per-minute rollups, once refreshed after the last insert.
+    ch.refresh()
+    want_flows = reference_flows(components)
+    assert any(n % 2 == 0 for n, _ in want_flows.values()), "no even count: the median's mean of two is not met"
+    got_flows = {(r["m"], r["from_channel"], r["to_channel"]): (r["transitions"], r["gap_ms_median"])
+                 for r in ch.rows("SELECT toUnixTimestamp(minute) AS m, from_channel, to_channel, transitions, gap_ms_median "
+                                  "FROM flow_minute_current")}
+    assert got_flows == want_flows, (sorted(set(got_flows.items()) - set(want_flows.items()))[:5],
+                                     sorted(set(want_flows.items()) - set(got_flows.items()))[:5])
+    want_minutes: dict[tuple, int] = {}
+    for e in by_id.values():
+        k = (e["event_time"] // 60_000 * 60, e["channel"], e.get("region") or "")
+        want_minutes[k] = want_minutes.get(k, 0) + 1
+    got_minutes = {(r["m"], r["channel"], r["region"]): r["events"]
+                   for r in ch.rows("SELECT toUnixTimestamp(minute) AS m, channel, region, events FROM events_minute_current")}
+    assert got_minutes == want_minutes and want_minutes
+    want_rates: dict[tuple, int] = {}
+    for rule, _, trigger, time, *_ in want_hits:
+        t = by_id[trigger]
+        k = (time // 60_000 * 60, rule, t["channel"], t.get("topic") or "", t.get("region") or "")
+        want_rates[k] = want_rates.get(k, 0) + 1
+    got_rates = {(r["m"], r["rule"], r["channel"], r["topic"], r["region"]): r["hits"]
+                 for r in ch.rows("SELECT toUnixTimestamp(minute) AS m, rule, channel, topic, region, hits "
+                                  "FROM scenario_minute_current")}
+    assert got_rates == want_rates and want_rates
     assert_covered(rules, components, {(rule, trigger, *rest) for rule, _, trigger, *rest in want_hits})
