@@ -3,7 +3,7 @@
 //! Events carry one or more of `customer_id`, `msisdn`, `app_instance_id`; an event carrying
 //! two or more links them. A customer is a connected component of linked identifiers. Its
 //! canonical key is its `customer_id` when it has one (the smallest, byte-wise, if a shared
-//! phone links several), else `m:<pseudonym of the smallest msisdn>`, else
+//! phone links several), else `m:<smallest of its phone numbers' pseudonyms>`, else
 //! `a:<smallest app_instance_id>`: a stable choice that depends only on the component, never
 //! on arrival order, so every instance and every replay agrees.
 //!
