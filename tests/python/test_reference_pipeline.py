@@ -9,7 +9,9 @@ The file: generated journeys over two days with anonymous app installs that log 
 delayed and duplicated events, null topics, ties in time and windows met exactly or missed by
 a millisecond (`reference.prepared_events`). The correction horizon covers the whole data
 set, so every late event and every late identity link still corrects the results, as the
-issue requires: the live result must be the batch one.
+issue requires: the live result must be the batch one. Five lines no pipeline may accept
+(broken JSON, an unknown channel, no identifier, no time, an unknown field) stand among the
+good ones: each must reach the dead-letter topic untouched, with its reason and line.
 
 Needs the `journey` binary (JOURNEY_BIN), a Kafka broker (JOURNEY_TEST_KAFKA), ClickHouse
 (JOURNEY_TEST_CLICKHOUSE) and JOURNEY_PII_KEY; scripts/test.sh provides them all, and a
@@ -19,7 +21,10 @@ missing one fails the test, it never skips.
 from __future__ import annotations
 
 import os
+import time
 import uuid
+
+from confluent_kafka import Consumer
 
 from reference import canonical, evaluate, prepared_events, rule_file, run_journey, sessions, stitched
 from sqlgen_db import ClickHouse, server_url
@@ -28,6 +33,37 @@ from test_reference_scenarios import assert_covered
 BROKERS = os.environ.get("JOURNEY_TEST_KAFKA", "127.0.0.1:9092")
 GAP_MS = 30 * 60_000
 MAX_DURATION_MS = 24 * 3_600_000
+
+
+BAD_LINES = {
+    "malformed_json": '{"event_id": "bad-1", "event_time": 1700000000000, "channel": "APP"',
+    "unknown_channel": '{"event_id": "bad-2", "event_time": 1700000000000, "channel": "TELEPATHY", '
+                       '"event_type": "x", "customer_id": "BAD"}',
+    "missing_identifier": '{"event_id": "bad-3", "event_time": 1700000000000, "channel": "APP", "event_type": "x"}',
+    "missing_event_time": '{"event_id": "bad-4", "channel": "APP", "event_type": "x", "customer_id": "BAD"}',
+    "unknown_field": '{"event_id": "bad-5", "event_time": 1700000000000, "channel": "APP", "event_type": "x", '
+                     '"customer_id": "BAD", "mood": "grumpy"}',
+}
+
+
+def dead_letters(topic: str, count: int) -> list:
+    """The first `count` records of `topic` (waiting up to a minute for them)."""
+    consumer = Consumer({"bootstrap.servers": BROKERS, "group.id": f"dlq-{uuid.uuid4().hex}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe([topic])
+    got = []
+    deadline = time.time() + 60
+    try:
+        while len(got) < count and time.time() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is not None and not msg.error():
+                got.append(msg)
+        # Anything beyond `count` would be a good event lost to the dead letters.
+        extra = consumer.poll(2.0)
+        assert extra is None or extra.error(), "more dead letters than bad lines"
+    finally:
+        consumer.close()
+    return got
 
 
 def reference_flows(components: list[list[dict]]) -> dict[tuple, tuple[int, float]]:
@@ -60,6 +96,16 @@ def check_pipeline(tmp_path, *, seed: int, delayed_share: float = 0.1, generator
     events_file = tmp_path / "events.jsonl"
     lines = prepared_events(events_file, events=12000, population=800, days=2, seed=seed, delayed_share=delayed_share,
                             env=generator)
+    # Lines no pipeline may accept, among the good ones: each must reach the dead-letter topic
+    # untouched, with its reason and place, and nothing else may be lost.
+    good = events_file.read_text().splitlines()
+    bad_at = {len(good) * (k + 1) // (len(BAD_LINES) + 1): line for k, line in enumerate(BAD_LINES.values())}
+    with_bad = []
+    for i, line in enumerate(good):
+        if i in bad_at:
+            with_bad.append(bad_at[i])
+        with_bad.append(line)
+    events_file.write_text("\n".join(with_bad) + "\n")
     rules_file = tmp_path / "rules.toml"
     rules = rule_file(rules_file)
 
@@ -92,6 +138,16 @@ def run_and_compare(env: dict[str, str], run_id: str, events_file, lines: list[s
     run_journey(["migrate"], env)
     run_journey(["replay", str(events_file)], env)
     run_journey(["process", "--exit-when-idle", "8s"], env, timeout=900)
+
+    # The bad lines: dead-lettered untouched, with their reason, stage and line number.
+    letters = dead_letters(env["JOURNEY__TOPICS__DLQ"], len(BAD_LINES))
+    by_payload = {m.value().decode(): dict((k, v.decode()) for k, v in m.headers() or []) for m in letters}
+    assert set(by_payload) == set(BAD_LINES.values())
+    numbered = events_file.read_text().splitlines()
+    for reason, line in BAD_LINES.items():
+        h = by_payload[line]
+        assert (h["journey.dlq.reason"], h["journey.dlq.stage"]) == (reason, "replay"), h
+        assert h["journey.dlq.origin"] == f"{events_file}:{numbered.index(line) + 1}", h
 
     components = stitched(lines)
     ch = ClickHouse(server_url(), run_id)
