@@ -32,6 +32,7 @@ def run_journey(args: list[str], env: dict[str, str] | None = None, timeout: int
                           timeout=timeout, capture_output=True, text=True)
     return done.stdout
 
+
 # Beyond the built-in set: three steps, lists, line, region, attributes, `same` on other
 # fields, a count and an absence with `same`.
 EXTRA_RULES = """
@@ -81,6 +82,7 @@ def rule_file(path: pathlib.Path) -> list[dict]:
 
 
 def duration_ms(text: str) -> int:
+    """A rule's duration ("500ms", "10s", "30m", "72h", "7d") in milliseconds."""
     units = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
     for unit in ("ms", "s", "m", "h", "d"):
         if text.endswith(unit) and text[: -len(unit)].isdigit():
@@ -99,6 +101,7 @@ def field(e: dict, name: str):
 
 
 def matches(pred: dict, e: dict) -> bool:
+    """Every field the predicate names has one of its values; a missing field matches nothing."""
     for key, want in pred.items():
         if key == "attrs":
             for k, v in want.items():
