@@ -232,6 +232,9 @@ pub struct Config {
     pub replay: ReplayConfig,
 }
 
+/// What [`Config::redacted`] shows instead of a secret.
+pub const REDACTED: &str = "<redacted>";
+
 /// Every problem found in a configuration.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration ({} problem{}):\n  - {}", .0.len(), if .0.len() == 1 { "" } else { "s" }, .0.join("\n  - "))]
@@ -268,6 +271,30 @@ fn parse_env_value(raw: &str) -> toml::Value {
 }
 
 impl Config {
+    /// The configuration with its secrets replaced by [`REDACTED`] (the ClickHouse password,
+    /// every ingest source's token, and Kafka client properties whose name says password,
+    /// secret or JAAS config), so that `journey config` can be pasted into a ticket. An empty
+    /// value stays empty: it tells that no secret is set.
+    pub fn redacted(&self) -> Config {
+        let mut c = self.clone();
+        let hide = |v: &mut String| {
+            if !v.is_empty() {
+                *v = REDACTED.to_string();
+            }
+        };
+        hide(&mut c.clickhouse.password);
+        for source in c.ingest.sources.values_mut() {
+            hide(&mut source.token);
+        }
+        for (name, value) in c.kafka.properties.iter_mut() {
+            let name = name.to_ascii_lowercase();
+            if ["password", "secret", "jaas"].iter().any(|s| name.contains(s)) {
+                hide(value);
+            }
+        }
+        c
+    }
+
     /// Loads `path` (if given) and applies overrides from `env`; returns every problem at once.
     pub fn load(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigErrors> {
         let mut errors = Vec::new();
@@ -368,6 +395,26 @@ mod tests {
             assert!(all.contains(needle), "missing {needle} in:\n{all}");
         }
         assert!(err.0.len() >= 6, "{all}");
+    }
+
+    #[test]
+    fn the_printed_configuration_hides_its_secrets() {
+        let env = vec![
+            ("JOURNEY__CLICKHOUSE__PASSWORD".to_string(), "ch-secret-1".to_string()),
+            ("JOURNEY__INGEST__SOURCES__CRM__TOKEN".to_string(), "token-secret-0123456789".to_string()),
+            ("JOURNEY__KAFKA__PROPERTIES__SASL.PASSWORD".to_string(), "sasl-secret-1".to_string()),
+            ("JOURNEY__KAFKA__PROPERTIES__SASL.USERNAME".to_string(), "journey-user".to_string()),
+        ];
+        let c = Config::load(None, env).unwrap();
+        assert_eq!(c.clickhouse.password, "ch-secret-1", "the running configuration keeps them");
+        let printed = toml::to_string_pretty(&c.redacted()).unwrap();
+        for secret in ["ch-secret-1", "token-secret-0123456789", "sasl-secret-1"] {
+            assert!(!printed.contains(secret), "{secret} printed:\n{printed}");
+        }
+        assert!(printed.contains("journey-user"), "a property that is no secret is shown:\n{printed}");
+        assert_eq!(printed.matches(REDACTED).count(), 3, "{printed}");
+        // No secret set: nothing to hide, and the output says so by an empty value.
+        assert_eq!(Config::default().redacted().clickhouse.password, "");
     }
 
     #[test]

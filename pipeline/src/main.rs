@@ -374,7 +374,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let cfg = load_config(cli.config)?;
     match cli.command {
         Command::Config => {
-            println!("{}", toml::to_string_pretty(&cfg)?);
+            println!("{}", toml::to_string_pretty(&cfg.redacted())?);
         }
         Command::Scenarios { action: ScenariosAction::Check { rules } } => {
             let set = journey_pipeline::detect::RuleSet::load(&rules)?;
