@@ -397,15 +397,23 @@ mod tests {
         assert!(err.0.len() >= 6, "{all}");
     }
 
+    /// An environment of `(name, value)` pairs.
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
     #[test]
     fn the_printed_configuration_hides_its_secrets() {
-        let env = vec![
-            ("JOURNEY__CLICKHOUSE__PASSWORD".to_string(), "ch-secret-1".to_string()),
-            ("JOURNEY__INGEST__SOURCES__CRM__TOKEN".to_string(), "token-secret-0123456789".to_string()),
-            ("JOURNEY__KAFKA__PROPERTIES__SASL.PASSWORD".to_string(), "sasl-secret-1".to_string()),
-            ("JOURNEY__KAFKA__PROPERTIES__SASL.USERNAME".to_string(), "journey-user".to_string()),
-        ];
-        let c = Config::load(None, env).unwrap();
+        let c = Config::load(
+            None,
+            env(&[
+                ("JOURNEY__CLICKHOUSE__PASSWORD", "ch-secret-1"),
+                ("JOURNEY__INGEST__SOURCES__CRM__TOKEN", "token-secret-0123456789"),
+                ("JOURNEY__KAFKA__PROPERTIES__SASL.PASSWORD", "sasl-secret-1"),
+                ("JOURNEY__KAFKA__PROPERTIES__SASL.USERNAME", "journey-user"),
+            ]),
+        )
+        .unwrap();
         assert_eq!(c.clickhouse.password, "ch-secret-1", "the running configuration keeps them");
         let printed = toml::to_string_pretty(&c.redacted()).unwrap();
         for secret in ["ch-secret-1", "token-secret-0123456789", "sasl-secret-1"] {
@@ -419,13 +427,16 @@ mod tests {
 
     #[test]
     fn environment_overrides_file_values() {
-        let env = vec![
-            ("JOURNEY__KAFKA__BROKERS".to_string(), "kafka-1:9092".to_string()),
-            ("JOURNEY__PROCESS__MAX_BATCH_ROWS".to_string(), "123".to_string()),
-            ("JOURNEY__PROCESS__GAP".to_string(), "10m".to_string()),
-            ("UNRELATED".to_string(), "x".to_string()),
-        ];
-        let c = Config::load(None, env).unwrap();
+        let c = Config::load(
+            None,
+            env(&[
+                ("JOURNEY__KAFKA__BROKERS", "kafka-1:9092"),
+                ("JOURNEY__PROCESS__MAX_BATCH_ROWS", "123"),
+                ("JOURNEY__PROCESS__GAP", "10m"),
+                ("UNRELATED", "x"),
+            ]),
+        )
+        .unwrap();
         assert_eq!(c.kafka.brokers, "kafka-1:9092");
         assert_eq!(c.process.max_batch_rows, 123);
         assert_eq!(c.process.gap, Duration::from_secs(600));
