@@ -454,10 +454,6 @@ impl View for Matched {
     }
 }
 
-fn same_present<E: View>(same: &[SameField], e: &E) -> bool {
-    same.iter().all(|f| e.same_value(f).is_some())
-}
-
 /// Whether `a` has the same non-null values as `b` for every field of `same`.
 fn same_eq<E: View>(same: &[SameField], a: &E, b: &E) -> bool {
     same.iter().all(|f| match (a.same_value(f), b.same_value(f)) {
@@ -467,12 +463,12 @@ fn same_eq<E: View>(same: &[SameField], a: &E, b: &E) -> bool {
 }
 
 /// Whether event `k` is a candidate end of the rule: it matches the completing predicate
-/// (last step, trigger, counted) and, for a sequence or a count, has every `same` field (null
-/// equals nothing, so without one it pairs with no earlier step and counts not even itself).
-/// An absence trigger needs none: a follower must equal it on the `same` fields, so a trigger
-/// lacking one can have no follower, and its hit fires when its window has passed.
+/// (last step, trigger, counted). `same` is left to the searches, which compare every other
+/// event with this one by [`same_eq`], where null equals nothing: an event lacking a `same`
+/// field ends no sequence (it has at least two steps) and no count (not even itself counts),
+/// and as an absence trigger it has no follower, so it is a hit once its window has passed.
 pub(crate) fn completes<E: View>(r: &Compiled, m: &E) -> bool {
-    m.bits().has(r.completing) && (matches!(r.shape, Shape::Absence { .. }) || same_present(&r.same, m))
+    m.bits().has(r.completing)
 }
 
 /// Sequence ending at `k` (which must satisfy [`completes`]): the greedy chain of the latest
