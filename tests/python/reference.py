@@ -204,6 +204,33 @@ def canonical(evs: list[dict]) -> str:
     return "a:" + min((e["app_instance_id"] for e in evs if e.get("app_instance_id")), key=str.encode)
 
 
+def is_key(got: str, want: str) -> bool:
+    """Whether the pipeline's customer key `got` is the documented `canonical` one; a phone-
+    keyed customer is named by the keyed pseudonym, which only the pipeline knows."""
+    return got == want or (want == "m:" and got.startswith("m:"))
+
+
+def hits_per_rule(rules: list[dict], hits) -> dict[str, int]:
+    """How many of `hits` (tuples led by the rule name) each rule has, zero included."""
+    per_rule = {r["name"]: 0 for r in rules}
+    for rule, *_ in hits:
+        per_rule[rule] += 1
+    return per_rule
+
+
+def assert_covered(rules: list[dict], components: list[list[dict]], hits: set[tuple]) -> None:
+    """What the comparison must have met: every rule with hits, ties in time, windows met
+    exactly, and absence triggers without the `same` field."""
+    per_rule = hits_per_rule(rules, hits)
+    assert not [r for r, n in per_rule.items() if n == 0], per_rule
+    times = [(e["event_time"], cid) for cid, evs in enumerate(components) for e in evs]
+    assert len(times) > len(set(times)), "no two events of a customer at the same time"
+    exact = {duration_ms(r["within"]) for r in rules}
+    assert any(e["event_time"] - m["event_time"] in exact for evs in components for e in evs for m in evs), "no window met exactly"
+    nameless = {e["event_id"] for evs in components for e in evs if e["event_type"] == "contact.start" and e.get("topic") is None}
+    assert any(rule == "unresolved_contact" and trigger in nameless for rule, trigger, *_ in hits)
+
+
 def window_edges(t0: int) -> list[dict]:
     """Customers whose built-in scenarios complete exactly `within` after they start, and
     others one millisecond later, so that both sides of every inclusive window occur; one
@@ -293,28 +320,38 @@ def stitched(lines: list[str]) -> list[list[dict]]:
     return components
 
 
-def sessions(evs: list[dict], gap_ms: int, max_duration_ms: int) -> list[tuple]:
-    """Sessions of one customer's sorted events: maximal runs whose consecutive events are
-    less than `gap_ms` apart, split before the first event more than `max_duration_ms` after
-    the run's first one. Each as (start, end, duration, event count, channel path, distinct
-    channels and topics in order of first appearance, whether it holds an assisted contact:
-    an event of type `contact.start`)."""
-    runs: list[list[dict]] = []
+def runs(evs: list[dict], gap_ms: int, max_duration_ms: int) -> list[list[dict]]:
+    """The sessions of one customer's sorted events, as their events: maximal runs whose
+    consecutive events are less than `gap_ms` apart, split before the first event more than
+    `max_duration_ms` after the run's first one."""
+    out: list[list[dict]] = []
     for e in evs:
-        run = runs[-1] if runs else None
+        run = out[-1] if out else None
         if run and e["event_time"] - run[-1]["event_time"] < gap_ms and e["event_time"] - run[0]["event_time"] <= max_duration_ms:
             run.append(e)
         else:
-            runs.append([e])
+            out.append([e])
+    return out
+
+
+def channel_path(evs: list[dict]) -> str:
+    """The channels of `evs` in order, a repeated one once: `APP>IVR>CONTACT_CENTRE`."""
+    path = [evs[0]["channel"]]
+    for e in evs[1:]:
+        if e["channel"] != path[-1]:
+            path.append(e["channel"])
+    return ">".join(path)
+
+
+def sessions(evs: list[dict], gap_ms: int, max_duration_ms: int) -> list[tuple]:
+    """Sessions of one customer's sorted events (see `runs`), each as (start, end, duration,
+    event count, channel path, distinct channels and topics in order of first appearance,
+    whether it holds an assisted contact: an event of type `contact.start`)."""
     out = []
-    for run in runs:
-        path = [run[0]["channel"]]
-        for e in run[1:]:
-            if e["channel"] != path[-1]:
-                path.append(e["channel"])
+    for run in runs(evs, gap_ms, max_duration_ms):
         channels = tuple(dict.fromkeys(e["channel"] for e in run))
         topics = tuple(dict.fromkeys(e["topic"] for e in run if e.get("topic") is not None))
         assisted = any(e["event_type"] == "contact.start" for e in run)
         start, end = run[0]["event_time"], run[-1]["event_time"]
-        out.append((start, end, end - start, len(run), ">".join(path), channels, topics, assisted))
+        out.append((start, end, end - start, len(run), channel_path(run), channels, topics, assisted))
     return out
